@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -107,11 +108,9 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to 
     except catalog.ReadOnlyError as err:
         err_console.print(f"[red]refused:[/red] {err}")
         raise typer.Exit(2) from err
-    except Exception as err:  # DuckDB's errors are the user's answer: print, don't trace
-        if type(err).__module__.startswith("duckdb") or isinstance(err, LookupError):
-            err_console.print(f"[red]SQL error:[/red] {err}")
-            raise typer.Exit(1) from err
-        raise
+    except duckdb.Error as err:  # the user's SQL was wrong: say so, no traceback
+        err_console.print(f"[red]SQL error:[/red] {err}")
+        raise typer.Exit(1) from err
     if fmt == "table":
         _print_arrow(result, max_rows=max_rows)
     elif fmt == "csv":

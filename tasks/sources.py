@@ -29,20 +29,24 @@ def list_objects(source: str) -> list[SourceObject]:
     """Every object under the source, in key order (folder markers skipped)."""
     if storage.is_s3(source):
         bucket, prefix = storage.split_s3(source)
-        prefix = f"{prefix}/" if prefix and not prefix.endswith("/") else prefix
+        prefix = prefix.rstrip("/")
         paginator = storage.s3_client().get_paginator("list_objects_v2")
+        # The source is a "folder" (everything under prefix/) or one object (key == prefix).
         found = [
             SourceObject(f"s3://{bucket}/{item['Key']}", item["ETag"].strip('"'), item["Size"])
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
             for item in page.get("Contents", [])
             if not item["Key"].endswith("/")
+            and (not prefix or item["Key"] == prefix or item["Key"].startswith(prefix + "/"))
         ]
         return sorted(found, key=lambda o: o.uri)
     root = Path(source)
-    if not root.is_dir():
-        raise FileNotFoundError(f"source folder not found: {source}")
+    if not root.exists():
+        raise FileNotFoundError(f"source not found: {source}")
+    paths = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     found = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in paths:
         stat = path.stat()
         # A local file has no ETag: size + mtime changes whenever its content is rewritten.
         found.append(SourceObject(str(path), f"{stat.st_size}-{stat.st_mtime_ns}", stat.st_size))
