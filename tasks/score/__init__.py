@@ -1,0 +1,1 @@
+"""The four LongReward judges and the parsers of their output protocol."""

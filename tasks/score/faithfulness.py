@@ -1,0 +1,106 @@
+"""Faithfulness: statements -> top-k context segments each -> support grade -> 10 * mean.
+
+The judge lists the answer's factual statements (functional sentences dropped); each statement
+retrieves its top-k 128-token segments from the prompt's :class:`SegmentIndex` (built once per
+prompt); the judge grades support full / partial / none = 1 / 0.5 / 0, statements graded in
+concurrent calls. An answer with no factual statement is a defined case: score 10 (nothing in
+it is unsupported), status ``no_statements``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from tasks.embeddings import Embedder
+from tasks.retrieval import SegmentIndex
+from tasks.score.judge import (
+    AskFailed,
+    Judge,
+    JudgeOptions,
+    Judgment,
+    Usage,
+    ask,
+    delimit,
+    failed,
+    load_prompt,
+    messages,
+)
+from tasks.score.protocol import parse_statements, parse_support
+
+PROMPT = "faithfulness"
+STATEMENTS_PROMPT = "faithfulness_statements"
+SUPPORT_PROMPT = "faithfulness_support"
+SUPPORT_VALUE = {"full": 1.0, "partial": 0.5, "none": 0.0}
+
+
+@dataclass
+class Statement:
+    index: int
+    text: str
+    support: str | None
+    evidence_chunk_ids: list[int]
+    error: str | None = None
+
+
+def statements_messages(query: str, answer: str) -> list[dict]:
+    return messages(STATEMENTS_PROMPT, delimit("query", query), delimit("answer", answer))
+
+
+def support_messages(statement: str, evidence: list[str], ids: list[int]) -> list[dict]:
+    passages = "\n\n".join(f"[segment {i}]\n{text}" for i, text in zip(ids, evidence, strict=True))
+    return messages(SUPPORT_PROMPT, delimit("evidence", passages),
+                    delimit("statement", statement))
+
+
+def faithfulness_score(supports: list[str]) -> float:
+    return 10.0 * sum(SUPPORT_VALUE[s] for s in supports) / len(supports)
+
+
+def _version() -> str:
+    return load_prompt(STATEMENTS_PROMPT)[1] + "+" + load_prompt(SUPPORT_PROMPT)[1]
+
+
+async def score_faithfulness(judge: Judge, embedder: Embedder, index: SegmentIndex, query: str,
+                             answer: str, options: JudgeOptions | None = None,
+                             top_k: int = 5) -> Judgment:
+    options = options or JudgeOptions()
+    usage = Usage()
+    try:
+        texts, raw = await ask(judge, statements_messages(query, answer), parse_statements,
+                               options, usage)
+    except AskFailed as err:
+        return _failed(judge, f"statement listing: {err.reason}", err.raw, usage)
+    if not texts:
+        return Judgment(PROMPT, 10.0, "no_statements", judge.model, _version(), raw=raw,
+                        rationale="the answer makes no factual statement", usage=usage,
+                        details={"statements": []})
+    evidence = await index.top_k(embedder, texts, k=top_k)
+
+    async def grade(i: int, text: str) -> Statement:
+        ids = [c.index for c in evidence[i]]
+        msgs = support_messages(text, [c.text for c in evidence[i]], ids)
+        try:
+            support, _ = await ask(judge, msgs, parse_support, options, usage)
+        except AskFailed as err:
+            return Statement(i, text, None, ids, err.reason)
+        return Statement(i, text, support, ids)
+
+    statements = await asyncio.gather(*(grade(i, t) for i, t in enumerate(texts)))
+    broken = [s for s in statements if s.support is None]
+    if broken:
+        judgment = _failed(judge, f"{len(broken)} of {len(statements)} statements could not be "
+                           f"graded; first: {broken[0].error}", raw, usage)
+        judgment.details["statements"] = statements
+        return judgment
+    supports = [s.support for s in statements]
+    summary = ", ".join(f"{s}={supports.count(s)}" for s in SUPPORT_VALUE)
+    return Judgment(PROMPT, faithfulness_score(supports), "ok", judge.model, _version(),
+                    rationale=f"{len(statements)} statements: {summary}", raw=raw, usage=usage,
+                    details={"statements": statements})
+
+
+def _failed(judge: Judge, reason: str, raw: str | None, usage: Usage) -> Judgment:
+    judgment = failed(PROMPT, STATEMENTS_PROMPT, judge, AskFailed(reason, raw), usage)
+    judgment.prompt_version = _version()
+    return judgment

@@ -1,0 +1,22 @@
+"""Logicality: query + answer only; the judge lists logical errors before it scores 0-10."""
+
+from __future__ import annotations
+
+from tasks.score.judge import (
+    Judge,
+    JudgeOptions,
+    Judgment,
+    query_answer_messages,
+    score_query_answer,
+)
+
+PROMPT = "logicality"
+
+
+def build_messages(query: str, answer: str) -> list[dict]:
+    return query_answer_messages(PROMPT, query, answer)
+
+
+async def score_logicality(judge: Judge, query: str, answer: str,
+                   options: JudgeOptions | None = None) -> Judgment:
+    return await score_query_answer(PROMPT, judge, query, answer, options or JudgeOptions())
