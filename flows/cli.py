@@ -18,10 +18,11 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tasks import catalog, publish
+from tasks import catalog, pipeline, publish
 from tasks.config import Settings, load_settings
 from tasks.ingest import IngestOptions, ingest
 from tasks.lake import Lake
+from tasks.pair import PairRule
 from tasks.runs import new_run_id
 from tasks.sources import list_objects
 
@@ -172,27 +173,93 @@ def sources_cmd(config: ConfigOpt = None, source: SourceOpt = None):
     _print_arrow(pa.Table.from_pylist([o.__dict__ for o in list_objects(settings.source)]))
 
 
+@app.command("sample")
+def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
+               k: Annotated[int | None, typer.Option("--k", help="Answers per prompt.")] = None):
+    """Sample K answers for every prompt that lacks them (policy endpoint or offline)."""
+    settings = _settings(config, lake=lake, samples_per_prompt=k)
+    run_id = new_run_id()
+    with _progress() as progress:
+        task = progress.add_task("sample", total=None)
+        report = pipeline.stage_sample(settings, run_id, lambda _: progress.advance(task))
+    console.print(f"[bold]run {run_id}[/bold]: {report.summary()}")
+
+
+@app.command("score")
+def score_cmd(config: ConfigOpt = None, lake: LakeOpt = None):
+    """Score every unscored response on the four LongReward dimensions."""
+    settings = _settings(config, lake=lake)
+    run_id = new_run_id()
+    with _progress() as progress:
+        task = progress.add_task("score", total=None)
+        report = pipeline.stage_score(settings, run_id, lambda _: progress.advance(task))
+    catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+    console.print(f"[bold]run {run_id}[/bold]: {report.summary()}")
+
+
+@app.command("pair")
+def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
+             min_answers: Annotated[int, typer.Option(help="Rewarded answers needed.")] = 2,
+             min_margin: Annotated[float, typer.Option(help="Smallest best-worst gap.")] = 0.0,
+             ties: Annotated[str, typer.Option(help="first or skip.")] = "first",
+             publish_version: Annotated[bool, typer.Option(
+                 "--publish/--no-publish", help="Publish the pairs as a dataset version.")] = True,
+             style: Annotated[str, typer.Option(help="conversational or plain.")] =
+             "conversational"):
+    """Pair best vs worst answer per prompt; publish them as a TRL preference dataset."""
+    settings = _settings(config, lake=lake)
+    run_id = new_run_id()
+    try:
+        rule = PairRule(min_answers, min_margin, ties)  # type: ignore[arg-type]
+    except ValueError as err:
+        err_console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from err
+    paired, skipped = pipeline.stage_pair(settings, run_id, rule)
+    console.print(f"[bold]run {run_id}[/bold]: {paired} pairs, {skipped} prompts skipped "
+                  "(reasons: longreward sql \"SELECT skip_reason, count(*) FROM pairs_latest "
+                  "GROUP BY 1\")")
+    if publish_version:
+        version, created = pipeline.stage_publish(settings, run_id, style)  # type: ignore[arg-type]
+        if version:
+            console.print(f"dataset {'published' if created else 'unchanged, still'} "
+                          f"{version.version} ({version.row_count} pairs)")
+    catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+
+
 @app.command("demo")
 def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
              prompts: Annotated[int, typer.Option(help="Demo prompts to generate.")] = 12):
-    """Run the nightly pipeline end to end on embedded defaults (embedded S3, local lake)."""
+    """Run the nightly pipeline end to end on embedded defaults (embedded S3, local lake,
+    offline policy and judge)."""
     from flows.demo import run_demo
 
     settings = _settings(config, lake=lake)
-    result = run_demo(settings, n_prompts=prompts)
+    with console.status("demo") as status:
+        result = run_demo(settings, n_prompts=prompts,
+                          progress=lambda stage: status.update(f"demo: {stage} ..."))
     the_lake = Lake(settings.lake)
     console.rule("[bold]longreward demo")
-    console.print(f"run {result.run_id}: {result.ingest.summary()}")
-    verb = "published" if result.dataset_created else "unchanged, still"
-    console.print(f"dataset {verb} {result.dataset.version} ({result.dataset.row_count} rows)")
+    console.print(f"run {result.run_id}")
+    console.print(f"  ingest   {result.ingest.summary()}")
+    console.print(f"  sample   {result.sample.summary()}")
+    console.print(f"  score    {result.score.summary()}")
+    console.print(f"  pair     {result.pairs[0]} pairs, {result.pairs[1]} prompts skipped")
+    if result.dataset:
+        verb = "published" if result.dataset_created else "unchanged, still"
+        console.print(f"  publish  dataset {verb} {result.dataset.version} "
+                      f"({result.dataset.row_count} pairs)")
     for title, sql in [
         ("rejects by reason", "SELECT reason_code, records, example_reason FROM rejects_by_reason"),
-        ("prompts by context length", (catalog.SQL_DIR / "queries/prompts_by_length.sql")
-         .read_text()),
+        ("score distribution (this run)", "SELECT dimension, scored, failed, round(mean, 2) AS "
+         "mean, p10, p50, p90 FROM score_distribution WHERE run_id = ? ORDER BY dimension"),
+        ("pairs (this run)", "SELECT prompt_id[:12] AS prompt, round(chosen_reward, 2) AS "
+         "chosen, round(rejected_reward, 2) AS rejected, round(margin, 2) AS margin, status "
+         "FROM pairs WHERE run_id = ? ORDER BY margin DESC"),
     ]:
-        _print_arrow(catalog.query(the_lake, sql).to_arrow_table(), title=title)
+        params = [result.run_id] if "?" in sql else None
+        _print_arrow(catalog.query(the_lake, sql, params).to_arrow_table(), title=title)
     console.print(f"lake: {settings.lake}   catalog: {result.catalog}")
-    console.print("next: longreward sql \"SELECT * FROM rejects\"   |   "
+    console.print("next: longreward sql \"SELECT * FROM rewards ORDER BY reward DESC\"   |   "
                   f"duckdb -readonly {result.catalog}")
 
 

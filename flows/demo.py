@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import catalog, demo_data, storage
+from tasks import catalog, demo_data, pipeline, storage
 from tasks.config import Settings
 from tasks.embedded_s3 import embedded_s3
-from tasks.ingest import IngestOptions, IngestReport, ingest
+from tasks.ingest import IngestReport
 from tasks.lake import Lake
-from tasks.publish import DatasetVersion, publish
+from tasks.publish import DatasetVersion
 from tasks.runs import new_run_id
+from tasks.sample.stage import SampleReport
+from tasks.score.stage import ScoreReport
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,10 @@ DEMO_PREFIX = "prompts"
 class DemoResult:
     run_id: str
     ingest: IngestReport
-    dataset: DatasetVersion
+    sample: SampleReport
+    score: ScoreReport
+    pairs: tuple[int, int]
+    dataset: DatasetVersion | None
     dataset_created: bool
     catalog: str
 
@@ -52,17 +58,22 @@ def upload_demo_prompts(n_prompts: int, seed: int = 0) -> str:
     return f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}"
 
 
-def run_demo(settings: Settings, n_prompts: int = 12) -> DemoResult:
-    lake = Lake(settings.lake)
+def run_demo(settings: Settings, n_prompts: int = 12,
+             progress: Callable[[str], None] = lambda stage: None) -> DemoResult:
+    """Every nightly stage on the embedded defaults; the stages are the production ones."""
     run_id = new_run_id()
     with embedded_s3(buckets=(DEMO_BUCKET,)) as endpoint:
         log.info("embedded S3 at %s", endpoint)
-        source = upload_demo_prompts(n_prompts)
-        report = ingest(lake, source, IngestOptions(
-            settings.tokenizer, settings.max_context_tokens, settings.max_query_tokens), run_id)
-    prompts = lake.read("prompts")
-    dataset, created = publish(
-        lake, "prompts", prompts, sort_by=["prompt_id"], config_hash=settings.config_hash(),
-        lineage={"run_id": run_id, "source": source})
-    path = catalog.write_catalog(lake, settings.catalog_path)
-    return DemoResult(run_id, report, dataset, created, path)
+        settings = settings.model_copy(update={"source": upload_demo_prompts(n_prompts)})
+        progress("ingest")
+        ingested = pipeline.stage_ingest(settings, run_id)
+    progress("sample")
+    sampled = pipeline.stage_sample(settings, run_id)
+    progress("score")
+    scored = pipeline.stage_score(settings, run_id)
+    progress("pair")
+    pairs = pipeline.stage_pair(settings, run_id)
+    progress("publish")
+    dataset, created = pipeline.stage_publish(settings, run_id)
+    path = catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+    return DemoResult(run_id, ingested, sampled, scored, pairs, dataset, created, path)

@@ -7,7 +7,8 @@ evidence only. What each task approximates:
 - helpfulness: cosine similarity of query and answer embeddings (all-MiniLM-L6-v2), the share
   of the query's content words the answer uses, and how much content it has;
 - logicality: counts sentences that negate an earlier sentence about the same thing
-  ("did not", "never", "no change", ...) and verbatim repetitions; 10 minus 3.5 per error;
+  ("did not", "never", "no change", ...; sharing two content words, or one after "However")
+  and verbatim repetitions; 10 minus 3.5 per error;
 - statements: sentence split; sentences with fewer than four words, ending in ':' or opening
   with a stock phrase ("Here are", "In summary", "I hope") are functional and dropped;
 - support: share of the statement's content words found in the evidence; a number or a
@@ -46,6 +47,7 @@ _NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _NEGATION = re.compile(r"\b(did not|does not|was not|were not|never|no change|not at all|"
                        r"did not change|nothing|contrary|opposite|false)\b", re.I)
+_CONTRAST = re.compile(r"^(however|but|yet|in fact|actually)\b", re.I)
 _FUNCTIONAL = re.compile(r"^(here (is|are)|in summary|to summari[sz]e|overall,? here|i hope|"
                          r"let me|the following|below (is|are))\b", re.I)
 
@@ -135,7 +137,9 @@ class OfflineJudge:
                 if sentence == said[j]:
                     errors.append(f"- Sentence {i + 1} repeats sentence {j + 1} verbatim.")
                     break
-                if _NEGATION.search(sentence) and len(words & content_words(said[j])) >= 2:
+                shared = len(words & content_words(said[j]))
+                contrast = _CONTRAST.match(sentence) is not None
+                if _NEGATION.search(sentence) and (shared >= 2 or (contrast and shared >= 1)):
                     errors.append(f"- Sentence {i + 1} negates what sentence {j + 1} states.")
                     break
         score = max(0.0, 10 - 3.5 * len(errors))

@@ -12,9 +12,12 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
-COMMANDS = [[], ["demo"], ["ingest"], ["sql"], ["catalog"], ["sources"], ["datasets"],
-            ["datasets", "list"], ["datasets", "show"]]
+from flows.cli import app
+
+COMMANDS = [[], ["demo"], ["ingest"], ["sample"], ["score"], ["pair"], ["sql"], ["catalog"],
+            ["sources"], ["datasets"], ["datasets", "list"], ["datasets", "show"]]
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -26,20 +29,24 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo_lake(tmp_path_factory) -> str:
     lake = str(tmp_path_factory.mktemp("demo") / "lake")
-    out = cli("demo", "--lake", lake, "--prompts", "8")
-    assert "8 prompts, 6 rejects" in out.stdout
+    out = cli("demo", "--lake", lake, "--prompts", "6")
+    assert "6 prompts, 6 rejects" in out.stdout
+    assert "60 responses written" in out.stdout
+    assert "240 judgments ok, 0 failed" in out.stdout
+    assert "published v1 (6 pairs)" in out.stdout
     return lake
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "root")
 def test_every_command_has_help(args):
-    out = cli(*args, "--help")
-    assert "Usage" in out.stdout and "--help" in out.stdout
+    out = CliRunner().invoke(app, [*args, "--help"])
+    assert out.exit_code == 0
+    assert "Usage" in out.output and "--help" in out.output
 
 
 def test_sql_answers_over_the_demo_lake(demo_lake):
     out = cli("sql", "SELECT count(*) AS n FROM prompts", "--lake", demo_lake, "-f", "json")
-    assert json.loads(out.stdout) == [{"n": 8}]
+    assert json.loads(out.stdout) == [{"n": 6}]
     out = cli("sql", "SELECT reason_code FROM rejects ORDER BY 1", "--lake", demo_lake,
               "-f", "csv")
     codes = [row["reason_code"] for row in csv.DictReader(io.StringIO(out.stdout))]
@@ -55,7 +62,7 @@ def test_sql_example_files_and_parquet_output(demo_lake, tmp_path):
     target = tmp_path / "out.parquet"
     cli("sql", "SELECT prompt_id, context_tokens FROM prompts", "--lake", demo_lake,
         "-f", "parquet", "-o", str(target))
-    assert pq.read_table(target).num_rows == 8
+    assert pq.read_table(target).num_rows == 6
 
 
 def test_sql_is_read_only_and_errors_are_readable(demo_lake):
@@ -67,20 +74,23 @@ def test_sql_is_read_only_and_errors_are_readable(demo_lake):
 
 def test_catalog_file_opens_in_any_duckdb_client(demo_lake):
     con = duckdb.connect(str(Path(demo_lake) / "catalog.duckdb"), read_only=True)
-    assert con.execute("SELECT count(*) FROM prompts").fetchone() == (8,)
-    assert con.execute("SELECT count(*) FROM rewards").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM prompts").fetchone() == (6,)
+    assert con.execute("SELECT count(reward) FROM rewards").fetchone() == (60,)
     assert con.execute("SELECT sum(records) FROM rejects_by_reason").fetchone() == (6,)
 
 
 def test_demo_rerun_ingests_nothing_new(demo_lake):
-    out = cli("demo", "--lake", demo_lake, "--prompts", "8")
+    out = cli("demo", "--lake", demo_lake, "--prompts", "6")
     assert "0 new of 3 objects" in out.stdout
+    assert "0 responses written" in out.stdout
+    assert "0 responses of 0 prompts scored (60 already done)" in out.stdout
     assert "unchanged, still v1" in out.stdout
 
 
 def test_datasets_list_and_show(demo_lake):
     assert "v1" in cli("datasets", "list", "--lake", demo_lake).stdout
     shown = json.loads(cli("datasets", "show", "v1", "--lake", demo_lake).stdout)
-    assert shown["row_count"] == 8 and shown["kind"] == "prompts"
+    assert shown["row_count"] == 6 and shown["kind"] == "preference"
+    assert shown["lineage"]["judge_model"] == "offline-judge"
     missing = cli("datasets", "show", "v7", "--lake", demo_lake, check=False)
     assert missing.returncode == 1 and "no dataset version" in missing.stderr

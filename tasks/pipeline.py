@@ -1,0 +1,118 @@
+"""The nightly stages as plain functions of the settings: what the CLI, the demo and the Prefect
+flow call. Each stage reads its inputs from the lake and writes its outputs there, so any stage
+can run (or rerun) alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+from tasks import catalog
+from tasks.config import Settings
+from tasks.embeddings import embedder_from_settings
+from tasks.ingest import IngestOptions, IngestReport, ingest
+from tasks.lake import Lake
+from tasks.offline_judge import OfflineJudge
+from tasks.pair import PairRule, preference_table, run_pairing
+from tasks.publish import DatasetVersion, publish
+from tasks.sample.policies import SamplingParams, policy_from_settings
+from tasks.sample.stage import SampleReport, run_sampling
+from tasks.score.judge import Judge, JudgeOptions
+from tasks.score.stage import ScoreOptions, ScoreReport, score_pending
+
+log = logging.getLogger(__name__)
+
+
+def judge_from_settings(settings: Settings, run_id: str) -> Judge:
+    """The LLM judge at ``judge_base_url``; the offline judge when none is set."""
+    if settings.judge_base_url:
+        from tasks.llm.client import LLMClient
+
+        return LLMClient.from_settings(settings, "judge", run_id=run_id)
+    return OfflineJudge(embedder_from_settings(settings))
+
+
+def score_options(settings: Settings) -> ScoreOptions:
+    return ScoreOptions(
+        tokenizer=settings.tokenizer, chunk_tokens=settings.chunk_tokens,
+        segment_tokens=settings.segment_tokens, top_k=settings.top_k_segments,
+        prompts_in_flight=max(1, settings.judge_concurrency // 4),
+        judge=JudgeOptions(temperature=settings.judge_temperature))
+
+
+def stage_ingest(settings: Settings, run_id: str,
+                 on_object: Callable[[Any], None] | None = None) -> IngestReport:
+    options = IngestOptions(settings.tokenizer, settings.max_context_tokens,
+                            settings.max_query_tokens)
+    return ingest(Lake(settings.lake), settings.source, options, run_id, on_object)
+
+
+def prompts_to_sample(lake: Lake, policy_model: str, k: int) -> list[dict]:
+    """Prompts with fewer than K answers from this policy (DuckDB reads only those rows)."""
+    con = catalog.connect(lake)
+    return con.sql("""
+        SELECT p.prompt_id, p.context, p.query
+        FROM prompts p
+        LEFT JOIN (SELECT prompt_id, count(*) AS n FROM responses
+                   WHERE policy_model = ? GROUP BY prompt_id) r USING (prompt_id)
+        WHERE coalesce(r.n, 0) < ?
+        ORDER BY p.prompt_id""", params=[policy_model, k]).to_arrow_table().to_pylist()
+
+
+def stage_sample(settings: Settings, run_id: str,
+                 on_prompt: Callable[[Any], None] | None = None) -> SampleReport:
+    lake = Lake(settings.lake)
+    policy = policy_from_settings(settings, run_id=run_id)
+    todo = prompts_to_sample(lake, policy.model, settings.samples_per_prompt)
+    return run_sampling(lake, policy, todo, settings.samples_per_prompt,
+                        SamplingParams.from_settings(settings), run_id, on_prompt=on_prompt,
+                        concurrency=settings.policy_concurrency)
+
+
+def stage_score(settings: Settings, run_id: str,
+                on_prompt: Callable[[str], None] | None = None) -> ScoreReport:
+    lake = Lake(settings.lake)
+
+    async def main() -> ScoreReport:
+        judge = judge_from_settings(settings, run_id)
+        embedder = embedder_from_settings(settings)
+
+        def flush_calls() -> None:
+            for client in (judge, getattr(embedder, "client", None)):
+                drain = getattr(client, "drain_call_log", None)
+                if drain:
+                    lake.upsert("llm_calls", drain())
+
+        try:
+            return await score_pending(lake, judge, embedder, score_options(settings), run_id,
+                                       on_prompt=on_prompt, on_flush=flush_calls)
+        finally:
+            for client in (judge, getattr(embedder, "client", None)):
+                close = getattr(client, "aclose", None)
+                if close:
+                    await close()
+
+    return asyncio.run(main())
+
+
+def stage_pair(settings: Settings, run_id: str, rule: PairRule | None = None) -> tuple[int, int]:
+    return run_pairing(Lake(settings.lake), rule or PairRule(), run_id)
+
+
+def stage_publish(settings: Settings, run_id: str,
+                  style: Literal["conversational", "plain"] = "conversational",
+                  ) -> tuple[DatasetVersion | None, bool]:
+    """Publish this run's pairs as the next preference dataset version (None if no pair)."""
+    lake = Lake(settings.lake)
+    table = preference_table(lake, run_id, style)
+    if table.num_rows == 0:
+        log.warning("no pair in run %s: nothing to publish", run_id)
+        return None, False
+    lineage = {"run_id": run_id, "judge_model": settings.judge_model if settings.judge_base_url
+               else OfflineJudge.model, "policy_model": settings.policy_model,
+               "format": style, "source": settings.source}
+    return publish(lake, "preference", table, sort_by=["prompt_id"],
+                   config_hash=settings.config_hash(), lineage=lineage)

@@ -1,0 +1,43 @@
+"""Pairing rules: best = chosen, worst = rejected; failures, ties and margins are explicit."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.pair import Candidate, PairRule, choose_pair
+
+
+def c(index: int, reward: float | None) -> Candidate:
+    return Candidate(f"r{index}", index, reward, None if reward is not None else "failed")
+
+
+def test_best_is_chosen_and_worst_is_rejected():
+    d = choose_pair([c(0, 5.0), c(1, 9.5), c(2, 1.25), c(3, None)], PairRule())
+    assert (d.chosen.response_id, d.rejected.response_id, d.margin) == ("r1", "r2", 8.25)
+
+
+def test_answers_without_reward_take_no_part():
+    d = choose_pair([c(0, None), c(1, 7.0), c(2, None)], PairRule())
+    assert d.chosen is None and "only 1 rewarded answers" in d.skip_reason
+    assert "2 without reward" in d.skip_reason
+
+
+def test_ties_first_wins_or_skip():
+    answers = [c(0, 8.0), c(1, 8.0), c(2, 3.0)]
+    assert choose_pair(answers, PairRule()).chosen.response_id == "r0"
+    skipped = choose_pair(answers, PairRule(ties="skip"))
+    assert skipped.chosen is None and skipped.skip_reason.startswith("tie")
+    same = choose_pair([c(0, 4.0), c(1, 4.0)], PairRule())
+    assert "same reward" in same.skip_reason
+
+
+def test_minimum_margin_and_answers():
+    assert "below the minimum" in choose_pair([c(0, 5.0), c(1, 5.5)],
+                                              PairRule(min_margin=1.0)).skip_reason
+    assert "need 3" in choose_pair([c(0, 1.0), c(1, 2.0)], PairRule(min_answers=3)).skip_reason
+
+
+@pytest.mark.parametrize("kw", [{"min_answers": 1}, {"min_margin": -1}, {"ties": "random"}])
+def test_bad_rules_are_refused(kw):
+    with pytest.raises(ValueError):
+        PairRule(**kw)
