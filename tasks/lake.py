@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from tasks import storage
@@ -29,6 +29,7 @@ class Lake:
 
     def __init__(self, root: str):
         self.root = root.rstrip("/") if root != "/" else root
+        self._keys: dict[str, tuple[int, set[tuple]]] = {}
 
     def __repr__(self) -> str:
         return f"Lake({self.root!r})"
@@ -101,32 +102,54 @@ class Lake:
         return self.dataset(name).count_rows()
 
     def keys(self, name: str) -> set[tuple]:
+        """Every key in the table, read from the key columns only and cached per version."""
+        dt = self.ensure(name)
+        version = dt.version()
+        cached = self._keys.get(name)
+        if cached and cached[0] == version:
+            return cached[1]
         keys = list(self.spec(name).keys)
-        table = self.dataset(name).to_table(columns=keys)
-        return set(zip(*(table.column(k).to_pylist() for k in keys), strict=True))
+        paths = [storage.filesystem(uri)[1] for uri in dt.file_uris()]
+        found: set[tuple] = set()
+        if paths:
+            table = pads.dataset(paths, format="parquet",
+                                 filesystem=storage.filesystem(self.root)[0]).to_table(columns=keys)
+            found = set(zip(*(table.column(k).to_pylist() for k in keys), strict=True))
+        self._keys[name] = (version, found)
+        return found
 
     def upsert(self, name: str, rows: pa.Table | Iterable[Mapping[str, Any]]) -> int:
-        """Insert rows whose key is new, in one atomic commit; returns how many were inserted."""
+        """Append the rows whose key is not in the table yet, in one atomic commit.
+
+        Returns how many were inserted. The key check reads only key columns (cached between
+        this process's own commits). A Delta MERGE would also guard against a second writer
+        racing on the same table, but delta-rs scans every target file per merge (time and
+        memory grow with the table: 5 GB RSS after 100 merges into a 1.8 GB prompts table), so
+        each table has one writer at a time: the nightly flow, under its Prefect concurrency
+        limit.
+        """
         spec = self.spec(name)
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(
             list(rows), schema=spec.schema)
         table = _first_per_key(table.select(spec.schema.names).cast(spec.schema), spec.keys)
         if table.num_rows == 0:
             return 0
-        predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
-        metrics = (
-            self.ensure(name)
-            .merge(table, predicate=predicate, source_alias="s", target_alias="t")
-            .when_not_matched_insert_all()
-            .execute()
-        )
-        inserted = int(metrics.get("num_target_rows_inserted", 0))
-        log.debug("upsert %s: %d new of %d", name, inserted, table.num_rows)
-        return inserted
+        existing = self.keys(name)
+        batch_keys = list(zip(*(table.column(k).to_pylist() for k in spec.keys), strict=True))
+        new = [i for i, key in enumerate(batch_keys) if key not in existing]
+        if not new:
+            return 0
+        version = self._keys[name][0]
+        write_deltalake(self.uri(name), table.take(new), mode="append",
+                        storage_options=self._options())
+        if self.ensure(name).version() == version + 1:  # nobody else committed in between
+            self._keys[name] = (version + 1, existing | {batch_keys[i] for i in new})
+        log.debug("upsert %s: %d new of %d", name, len(new), table.num_rows)
+        return len(new)
 
 
 def _first_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
-    """Keep the first row of each key in a batch (a merge needs unique source keys)."""
+    """Keep the first row of each key in a batch."""
     seen: set[tuple] = set()
     keep: list[int] = []
     columns = [table.column(k).to_pylist() for k in keys]
