@@ -1,0 +1,1 @@
+"""Training core: DPO + cross-entropy loss and answer log-probabilities (plain PyTorch)."""
