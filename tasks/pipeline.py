@@ -18,10 +18,10 @@ from tasks.lake import Lake
 from tasks.offline_judge import OfflineJudge
 from tasks.pair import PairRule, preference_table, run_pairing
 from tasks.publish import DatasetVersion, publish
-from tasks.sample.policies import SamplingParams, policy_from_settings
+from tasks.sample.policies import SamplingParams, policy_from_settings, policy_name
 from tasks.sample.stage import SampleReport, run_sampling
 from tasks.score.judge import Judge, JudgeOptions
-from tasks.score.stage import ScoreOptions, ScoreReport, score_pending
+from tasks.score.stage import ScoreOptions, ScoreReport, pending_work, score_pending
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +50,46 @@ def stage_ingest(settings: Settings, run_id: str,
     return ingest(Lake(settings.lake), settings.source, options, run_id, on_object)
 
 
-def prompts_to_sample(lake: Lake, policy_model: str, k: int) -> list[dict]:
+def prompts_to_sample(lake: Lake, policy_model: str, k: int,
+                      prompt_ids: list[str] | None = None, columns: str = "p.prompt_id, "
+                      "p.context, p.query") -> list[dict]:
     """Prompts with fewer than K answers from this policy (DuckDB reads only those rows)."""
     con = catalog.connect(lake)
-    return con.sql("""
-        SELECT p.prompt_id, p.context, p.query
+    only = "AND list_contains(?, p.prompt_id)" if prompt_ids is not None else ""
+    params = [policy_model, k] + ([prompt_ids] if prompt_ids is not None else [])
+    return con.sql(f"""
+        SELECT {columns}
         FROM prompts p
         LEFT JOIN (SELECT prompt_id, count(*) AS n FROM responses
                    WHERE policy_model = ? GROUP BY prompt_id) r USING (prompt_id)
-        WHERE coalesce(r.n, 0) < ?
-        ORDER BY p.prompt_id""", params=[policy_model, k]).to_arrow_table().to_pylist()
+        WHERE coalesce(r.n, 0) < ? {only}
+        ORDER BY p.prompt_id""", params=params).to_arrow_table().to_pylist()
+
+
+def pending_prompt_ids(settings: Settings) -> tuple[list[str], list[str]]:
+    """(prompts to sample, prompts with responses to score): what the flow fans out over."""
+    lake = Lake(settings.lake)
+    model = policy_name(settings)
+    to_sample = [r["prompt_id"] for r in prompts_to_sample(
+        lake, model, settings.samples_per_prompt, columns="p.prompt_id")]
+    todo, _ = pending_work(lake)
+    return to_sample, sorted(todo)
 
 
 def stage_sample(settings: Settings, run_id: str,
-                 on_prompt: Callable[[Any], None] | None = None) -> SampleReport:
+                 on_prompt: Callable[[Any], None] | None = None,
+                 prompt_ids: list[str] | None = None) -> SampleReport:
     lake = Lake(settings.lake)
     policy = policy_from_settings(settings, run_id=run_id)
-    todo = prompts_to_sample(lake, policy.model, settings.samples_per_prompt)
+    todo = prompts_to_sample(lake, policy.model, settings.samples_per_prompt, prompt_ids)
     return run_sampling(lake, policy, todo, settings.samples_per_prompt,
                         SamplingParams.from_settings(settings), run_id, on_prompt=on_prompt,
                         concurrency=settings.policy_concurrency)
 
 
 def stage_score(settings: Settings, run_id: str,
-                on_prompt: Callable[[str], None] | None = None) -> ScoreReport:
+                on_prompt: Callable[[str], None] | None = None,
+                prompt_ids: list[str] | None = None) -> ScoreReport:
     lake = Lake(settings.lake)
 
     async def main() -> ScoreReport:
@@ -88,7 +104,8 @@ def stage_score(settings: Settings, run_id: str,
 
         try:
             return await score_pending(lake, judge, embedder, score_options(settings), run_id,
-                                       on_prompt=on_prompt, on_flush=flush_calls)
+                                       on_prompt=on_prompt, on_flush=flush_calls,
+                                       prompt_ids=prompt_ids)
         finally:
             for client in (judge, getattr(embedder, "client", None)):
                 close = getattr(client, "aclose", None)

@@ -278,6 +278,17 @@ class VLLMPolicy:
                     future.set_result(output)
 
 
+def policy_name(settings: Any) -> str:
+    """The ``policy_model`` that :func:`policy_from_settings`'s policy records, without loading
+    it (a transformers or vLLM model takes minutes to load; its name does not)."""
+    name = str(settings.policy_model)
+    if settings.policy_base_url or Path(name).expanduser().is_dir():
+        return name
+    if name.startswith("vllm:"):
+        return name.removeprefix("vllm:")
+    return OFFLINE_MODEL
+
+
 def policy_from_settings(settings: Any, *, run_id: str | None = None) -> Policy:
     """``policy_base_url`` set: the endpoint; ``policy_model`` ``vllm:<name>``: vLLM's engine; a
     local folder: transformers; anything else: the offline policy (with a warning unless the

@@ -20,6 +20,9 @@ from tasks.score.protocol import ProtocolError, parse_score
 
 PROMPTS = Path(__file__).parent / "prompts"
 DIMENSIONS = ("helpfulness", "logicality", "faithfulness", "completeness")
+# Endpoint failures that say nothing about the request: they abort the stage (and Prefect
+# retries it) instead of being recorded as a failed judgment.
+TRANSIENT = frozenset({"rate_limit", "server_error", "timeout", "connection"})
 T = TypeVar("T")
 
 
@@ -98,7 +101,9 @@ async def ask(judge: Judge, msgs: list[dict], parse: Callable[[str], T], options
     """Call the judge and parse its answer; re-ask (bounded) when the protocol is broken.
 
     Each re-ask is a distinct call (``attempt``) at a higher temperature, and is cached like any
-    other, so a rerun replays the same sequence without paying. Raises :class:`AskFailed`.
+    other, so a rerun replays the same sequence without paying. Raises :class:`AskFailed` for
+    a verdict that cannot be had (protocol breaks, a request the endpoint refuses), and lets
+    :class:`LLMCallError` of a transient kind (outage, rate limit) through.
     """
     raw: str | None = None
     reason = ""
@@ -108,6 +113,8 @@ async def ask(judge: Judge, msgs: list[dict], parse: Callable[[str], T], options
             result = await judge.chat(msgs, temperature=temperature, top_p=1.0,
                                       max_tokens=options.max_tokens, attempt=attempt)
         except LLMCallError as err:
+            if err.kind in TRANSIENT:
+                raise  # an outage is not a verdict: let the stage (task) retry later
             raise AskFailed(f"judge call failed: {err}", raw) from err
         usage.add(result)
         raw = result.text

@@ -142,7 +142,8 @@ def stored_key_points(lake: Lake, prompt_ids: list[str]) -> dict[str, list[KeyPo
         for pid, group in by_prompt.items()}
 
 
-def pending_work(lake: Lake) -> tuple[dict[str, list[dict]], int]:
+def pending_work(lake: Lake, prompt_ids: list[str] | None = None,
+                 ) -> tuple[dict[str, list[dict]], int]:
     """Responses without all four judgments, grouped by prompt; and how many are done."""
     judged = lake.read("judgments", columns=["response_id", "dimension"])
     counts: dict[str, int] = defaultdict(int)
@@ -150,8 +151,9 @@ def pending_work(lake: Lake) -> tuple[dict[str, list[dict]], int]:
         counts[rid] += 1
     todo: dict[str, list[dict]] = defaultdict(list)
     done = 0
+    wanted = None if prompt_ids is None else pc.field("prompt_id").isin(prompt_ids)
     for row in lake.read("responses", columns=["response_id", "prompt_id", "sample_index",
-                                               "text"]).to_pylist():
+                                               "text"], filter=wanted).to_pylist():
         if counts.get(row["response_id"], 0) >= len(DIMENSIONS):
             done += 1
         else:
@@ -161,9 +163,11 @@ def pending_work(lake: Lake) -> tuple[dict[str, list[dict]], int]:
 
 async def score_pending(lake: Lake, judge: Judge, embedder: Embedder, options: ScoreOptions,
                         run_id: str, on_prompt: Callable[[str], None] | None = None,
-                        on_flush: Callable[[], Any] | None = None) -> ScoreReport:
+                        on_flush: Callable[[], Any] | None = None,
+                        prompt_ids: list[str] | None = None) -> ScoreReport:
+    """Score every pending response (of ``prompt_ids`` only, when given)."""
     started = time.perf_counter()
-    todo, done = pending_work(lake)
+    todo, done = pending_work(lake, prompt_ids)
     report = ScoreReport(run_id, prompts=len(todo), skipped=done)
     if not todo:
         report.seconds = time.perf_counter() - started
@@ -206,8 +210,10 @@ async def score_pending(lake: Lake, judge: Judge, embedder: Embedder, options: S
     missing = [pid for pid in todo if pid not in prompt_rows]
     if missing:
         raise LookupError(f"responses refer to {len(missing)} unknown prompts, e.g. {missing[0]}")
-    await asyncio.gather(*(one(pid) for pid in sorted(todo)))
-    flush()
+    try:
+        await asyncio.gather(*(one(pid) for pid in sorted(todo)))
+    finally:
+        flush()  # keep every finished prompt, also when an outage aborts the stage
     report.seconds = time.perf_counter() - started
     log.info("score: %s", report.summary())
     return report
