@@ -55,9 +55,10 @@ def _prepare_s3(con: duckdb.DuckDBPyConnection) -> None:
     except duckdb.Error:
         from fsspec.implementations.arrow import ArrowFSWrapper
 
-        wrapper = ArrowFSWrapper(storage.filesystem("s3://bucket")[0])
-        wrapper.protocol = "s3"
-        con.register_filesystem(wrapper)
+        class S3ViaArrow(ArrowFSWrapper):
+            protocol = "s3"  # DuckDB routes s3:// paths to a filesystem by this name
+
+        con.register_filesystem(S3ViaArrow(storage.filesystem("s3://bucket")[0]))
 
 
 def connect(lake: Lake) -> duckdb.DuckDBPyConnection:

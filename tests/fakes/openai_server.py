@@ -153,6 +153,7 @@ class FakeOpenAI:
             self.in_flight = 0
             self.max_in_flight = 0
             self.bodies: list[dict[str, Any]] = []
+            self.answered: Counter[str] = Counter()
             self.last_headers: dict[str, str] = {}
 
     @property
@@ -173,11 +174,13 @@ class FakeOpenAI:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             return self._faults.popleft() if self._faults else None
 
-    def _leave(self, status: int | None) -> None:
+    def _leave(self, status: int | None, body: dict[str, Any] | None = None) -> None:
         with self._lock:
             self.in_flight -= 1
             if status is not None:
                 self.statuses[status] += 1
+            if status == 200 and body is not None:
+                self.answered[body_hash(body)] += 1
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
@@ -289,7 +292,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 status = self._send(404, _error(f"no route {self.path}", "not_found"))
         finally:
-            fake._leave(status)
+            fake._leave(status, body)
 
     def _send(self, status: int, payload: dict[str, Any],
               headers: dict[str, str] | None = None) -> int:

@@ -81,7 +81,8 @@ def test_chat_returns_text_usage_cost_and_one_valid_row(server, tmp_path):
     assert (row["tokens_in"], row["tokens_out"]) == (10, 6)
     assert row["cost_usd"] == pytest.approx((10 * 2.0 + 6 * 8.0) / 1e6)
     assert row["latency_ms"] > 0
-    assert client.stats() == {"calls_made": 1, "retries": 0, "cache_hits": 0, "failures": 0}
+    assert client.stats() == {"calls_made": 1, "retries": 0, "cache_hits": 0, "failures": 0,
+                              "coalesced": 0}
     # the key goes to the server, and nowhere else
     assert server.last_headers["authorization"] == "Bearer sk-test-secret"
     assert "sk-test-secret" not in repr(client) + repr(rows)
@@ -372,3 +373,19 @@ def test_calls_finished_before_a_kill_are_not_repeated(server, tmp_path):
                                         temperature=0.1, top_p=1.0, max_tokens=64)
                                    for i in range(4))), client)
     assert server.requests_total == 1 and client.cache_hits == 3  # only the new question
+
+
+def test_identical_requests_in_flight_share_one_call(tmp_path):
+    with FakeOpenAI(lambda request: "[[6]]", latency_s=0.2) as slow:
+        client = make_client(slow, tmp_path, cache=None)
+        results = run(lambda c: asyncio.gather(*(chat(c) for _ in range(5))), client)
+        assert slow.requests_total == 1 and client.coalesced == 4
+        assert [r.text for r in results] == ["[[6]]"] * 5
+        assert sorted(r.cached for r in results) == [False, True, True, True, True]
+        assert len(client.call_log) == 5
+
+        slow.inject(Fault.error(400))   # a failure reaches every waiter, once
+        with pytest.raises(LLMCallError):
+            run(lambda c: asyncio.gather(*(chat(c, temperature=0.3) for _ in range(3))),
+                make_client(slow, tmp_path, cache=None))
+        assert slow.requests_total == 2

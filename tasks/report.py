@@ -1,0 +1,310 @@
+"""The run report: what one nightly run did, as numbers, score plots and markdown.
+
+``collect_run_stats`` reads the lake through the DuckDB catalog (bound parameters only);
+``plot_score_distributions`` saves one PNG per dimension plus the reward into the lake (local
+or ``s3://``); ``render_markdown`` is the Prefect artifact, ``render_terminal`` the CLI view.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+from tasks import catalog, storage
+from tasks.lake import Lake
+
+DIMENSIONS = ("helpfulness", "logicality", "faithfulness", "completeness")
+TOP = 5
+
+
+@dataclass
+class DimensionStats:
+    dimension: str
+    judgments: int
+    scored: int
+    failed: int
+    mean: float | None
+    p10: float | None
+    p50: float | None
+    p90: float | None
+
+
+@dataclass
+class RoleUsage:
+    role: str
+    models: str
+    calls: int
+    cached: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float | None
+
+
+@dataclass
+class RunStats:
+    run_id: str
+    ingested: int = 0
+    rejected: int = 0
+    reject_reasons: list[tuple[str, int]] = field(default_factory=list)
+    sampled: int = 0
+    scored: int = 0  # responses with at least one judgment in this run
+    judgments_ok: int = 0
+    judgments_failed: int = 0
+    dimensions: list[DimensionStats] = field(default_factory=list)
+    failure_reasons: list[tuple[str, int]] = field(default_factory=list)
+    rewarded: int = 0  # responses whose four dimensions all have a score
+    reward_mean: float | None = None
+    paired: int = 0
+    skipped: int = 0
+    skip_reasons: list[tuple[str, int]] = field(default_factory=list)
+    dataset_version: str | None = None
+    dataset_rows: int | None = None
+    llm: list[RoleUsage] = field(default_factory=list)
+    judge_models: list[str] = field(default_factory=list)
+
+    @property
+    def llm_calls(self) -> int:
+        return sum(u.calls for u in self.llm)
+
+    @property
+    def cached_share(self) -> float | None:
+        return sum(u.cached for u in self.llm) / self.llm_calls if self.llm_calls else None
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [u.cost_usd for u in self.llm if u.cost_usd is not None]
+        return sum(costs) if costs else None
+
+    def headline(self) -> list[tuple[str, int]]:
+        return [("ingested", self.ingested), ("rejected", self.rejected),
+                ("sampled", self.sampled), ("scored", self.scored),
+                ("failed", self.judgments_failed), ("paired", self.paired),
+                ("skipped", self.skipped)]
+
+
+def _one(con, sql: str, params: list) -> tuple:
+    return con.execute(sql, params).fetchone()
+
+
+def _reasons(con, sql: str, params: list) -> list[tuple[str, int]]:
+    return [(str(r), int(n)) for r, n in con.execute(sql, params).fetchall()]
+
+
+def collect_run_stats(lake: Lake, run_id: str) -> RunStats:
+    """Counts, score statistics, reasons and LLM usage of one run (rows with that run_id)."""
+    con = catalog.connect(lake)
+    try:
+        s = RunStats(run_id)
+        p = [run_id]
+        s.ingested = _one(con, "SELECT count(*) FROM prompts WHERE run_id = ?", p)[0]
+        s.rejected = _one(con, "SELECT count(*) FROM rejects WHERE run_id = ?", p)[0]
+        s.reject_reasons = _reasons(con, "SELECT reason_code, count(*) AS n FROM rejects "
+                                    "WHERE run_id = ? GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",
+                                    [run_id, TOP])
+        s.sampled = _one(con, "SELECT count(*) FROM responses WHERE run_id = ?", p)[0]
+        s.scored, s.judgments_ok, s.judgments_failed = _one(
+            con, "SELECT count(DISTINCT response_id), count(score), count(*) - count(score) "
+            "FROM judgments WHERE run_id = ?", p)
+        rows = con.execute(
+            "SELECT dimension, judgments, scored, failed, mean, p10, p50, p90 "
+            "FROM score_distribution WHERE run_id = ? "
+            "ORDER BY list_position(?, dimension) NULLS LAST, dimension",
+            [run_id, list(DIMENSIONS)]).fetchall()
+        s.dimensions = [DimensionStats(*r) for r in rows]
+        s.failure_reasons = _reasons(
+            con, "SELECT left(split_part(coalesce(error, status), chr(10), 1), 120) AS reason, "
+            "count(*) AS n FROM judgments WHERE run_id = ? AND score IS NULL "
+            "GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?", [run_id, TOP])
+        s.rewarded, s.reward_mean = _one(
+            con, "SELECT count(reward), avg(reward) FROM rewards WHERE run_id = ?", p)
+        s.paired, s.skipped = _one(
+            con, "SELECT count(*) FILTER (WHERE status = 'paired'), "
+            "count(*) FILTER (WHERE status <> 'paired') FROM pairs WHERE run_id = ?", p)
+        s.skip_reasons = _reasons(
+            con, "SELECT coalesce(skip_reason, status) AS reason, count(*) AS n FROM pairs "
+            "WHERE run_id = ? AND status <> 'paired' GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?",
+            [run_id, TOP])
+        dataset = _one(con, "SELECT version, row_count FROM datasets "
+                       "WHERE json_extract_string(lineage, '$.run_id') = ? "
+                       "ORDER BY number DESC LIMIT 1", p)
+        if dataset:
+            s.dataset_version, s.dataset_rows = dataset
+        s.llm = [RoleUsage(*r) for r in con.execute(
+            "SELECT role, string_agg(DISTINCT model, ', ' ORDER BY model), count(*), "
+            "count(*) FILTER (WHERE cached), coalesce(sum(tokens_in), 0), "
+            "coalesce(sum(tokens_out), 0), sum(cost_usd) "
+            "FROM llm_calls WHERE run_id = ? GROUP BY role ORDER BY role", p).fetchall()]
+        s.judge_models = [m for (m,) in con.execute(
+            "SELECT DISTINCT judge_model FROM judgments WHERE run_id = ? ORDER BY 1",
+            p).fetchall()]
+        return s
+    finally:
+        con.close()
+
+
+def latest_run_id(lake: Lake) -> str | None:
+    """The most recent run id in judgments, pairs or prompts (run ids sort by time)."""
+    con = catalog.connect(lake)
+    try:
+        return _one(con, "SELECT max(run_id) FROM (SELECT run_id FROM judgments UNION ALL "
+                    "SELECT run_id FROM pairs UNION ALL SELECT run_id FROM prompts)", [])[0]
+    finally:
+        con.close()
+
+
+def _histogram_png(name: str, scores: list[float], failed: int) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, without pyplot's state
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(5, 3), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    mean = f"{sum(scores) / len(scores):.2f}" if scores else "n/a"
+    ax.set_title(f"{name}: n={len(scores)}, mean={mean}, failed={failed}", fontsize=10)
+    if scores:
+        ax.hist(scores, bins=[i / 2 for i in range(21)], range=(0, 10), color="#4c72b0",
+                edgecolor="white")
+    else:
+        ax.text(5, 0.5, "no scores", ha="center", va="center", color="grey")
+        ax.set_ylim(0, 1)
+    ax.set_xlim(0, 10)
+    ax.set_xticks(range(11))
+    ax.set_xlabel("score (0-10)")
+    ax.set_ylabel("responses")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plot_score_distributions(lake: Lake, run_id: str, out_dir_uri: str | None = None,
+                             ) -> list[str]:
+    """One histogram PNG per dimension and one for the reward; returns the URIs written.
+
+    Files go to ``<out_dir_uri>/<name>.png`` (default ``<lake>/reports/<run_id>``). A dimension
+    with no judgment in the run gets no plot, so a run that scored nothing returns ``[]``.
+    """
+    out = out_dir_uri or storage.join(lake.root, "reports", run_id)
+    con = catalog.connect(lake)
+    try:
+        series: list[tuple[str, list[float], int]] = []
+        for dim in DIMENSIONS:
+            rows = con.execute("SELECT score FROM judgments WHERE run_id = ? AND dimension = ?",
+                               [run_id, dim]).fetchall()
+            if rows:
+                scores = [r for (r,) in rows if r is not None]
+                series.append((dim, scores, len(rows) - len(scores)))
+        rows = con.execute("SELECT reward FROM rewards WHERE run_id = ?", [run_id]).fetchall()
+        if rows:
+            rewards = [r for (r,) in rows if r is not None]
+            series.append(("reward", rewards, len(rows) - len(rewards)))
+    finally:
+        con.close()
+    uris = []
+    for name, scores, failed in series:
+        uri = storage.join(out, f"{name}.png")
+        storage.write_bytes(uri, _histogram_png(name, scores, failed))
+        uris.append(uri)
+    return uris
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows), ""]
+
+
+def _dimension_rows(stats: RunStats) -> list[list[object]]:
+    return [[d.dimension, d.scored, d.failed, _num(d.mean), _num(d.p10), _num(d.p50),
+             _num(d.p90)] for d in stats.dimensions]
+
+
+def _usage_rows(stats: RunStats) -> list[list[object]]:
+    return [[u.role, u.models, u.calls, u.cached, f"{u.tokens_in:,}", f"{u.tokens_out:,}",
+             _num(u.cost_usd, ".4f")] for u in stats.llm]
+
+
+def render_markdown(stats: RunStats, plot_uris: list[str]) -> str:
+    """The run report as compact markdown (the nightly flow's Prefect artifact)."""
+    h = stats.headline()
+    lines = [f"# longreward run `{stats.run_id}`", ""]
+    lines += _table([k for k, _ in h], [[v for _, v in h]])
+    dataset = (f"`{stats.dataset_version}` ({stats.dataset_rows} rows)"
+               if stats.dataset_version else "none published in this run")
+    lines.append(f"Reward: {stats.rewarded} responses with all four scores, mean "
+                 f"{_num(stats.reward_mean)}. Judge: {', '.join(stats.judge_models) or '—'}. "
+                 f"Dataset: {dataset}.")
+    lines += ["", "## Scores per dimension", ""]
+    lines += (_table(["dimension", "scored", "failed", "mean", "p10", "p50", "p90"],
+                     _dimension_rows(stats)) if stats.dimensions
+              else ["No judgments in this run.", ""])
+    lines += ["## LLM usage", ""]
+    if stats.llm:
+        lines += _table(["role", "models", "calls", "cached", "tokens in", "tokens out",
+                         "cost (USD)"], _usage_rows(stats))
+        lines += [f"Cached-call share: {stats.cached_share:.0%}; total cost "
+                  f"{_num(stats.cost_usd, '.4f')} USD.", ""]
+    else:
+        lines += ["No LLM calls in this run.", ""]
+    for title, reasons in (("Judgment failures", stats.failure_reasons),
+                           ("Rejects", stats.reject_reasons),
+                           ("Pairing skips", stats.skip_reasons)):
+        if reasons:
+            lines += [f"## {title}", "", *(f"- {n} × {_cell(r)}" for r, n in reasons), ""]
+    if plot_uris:
+        lines += ["## Score distributions", ""]
+        for uri in plot_uris:
+            name = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".png")
+            lines.append(f"![{name}]({uri})")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_terminal(stats: RunStats):
+    """The run report as rich tables (the ``longreward report`` command)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list = []
+    head = Table(title=f"run {stats.run_id}")
+    for k, _ in stats.headline():
+        head.add_column(k, justify="right")
+    head.add_row(*(str(v) for _, v in stats.headline()))
+    parts.append(head)
+    if stats.dimensions:
+        dims = Table(title="scores per dimension")
+        for col in ("dimension", "scored", "failed", "mean", "p10", "p50", "p90"):
+            dims.add_column(col, justify="left" if col == "dimension" else "right")
+        for row in _dimension_rows(stats):
+            dims.add_row(*map(str, row))
+        parts.append(dims)
+    if stats.llm:
+        usage = Table(title=f"LLM usage (cached share {stats.cached_share:.0%})")
+        for col in ("role", "models", "calls", "cached", "tokens in", "tokens out", "cost"):
+            usage.add_column(col, justify="left" if col in ("role", "models") else "right")
+        for row in _usage_rows(stats):
+            usage.add_row(*map(str, row))
+        parts.append(usage)
+    for title, reasons in (("judgment failures", stats.failure_reasons),
+                           ("rejects", stats.reject_reasons),
+                           ("pairing skips", stats.skip_reasons)):
+        if reasons:
+            t = Table(title=title)
+            t.add_column("count", justify="right")
+            t.add_column("reason")
+            for r, n in reasons:
+                t.add_row(str(n), r)
+            parts.append(t)
+    parts.append(Text(f"reward: {stats.rewarded} rewarded, mean {_num(stats.reward_mean)}; "
+                      f"judge: {', '.join(stats.judge_models) or '—'}; dataset: "
+                      f"{stats.dataset_version or 'none published in this run'}"))
+    return Group(*parts)
