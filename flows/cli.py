@@ -263,6 +263,105 @@ def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
                   f"duckdb -readonly {result.catalog}")
 
 
+@app.command("run")
+def run_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt = None,
+            batch_prompts: Annotated[int, typer.Option(help="Prompts per task.")] = 16,
+            train: Annotated[bool, typer.Option(help="Trigger the training deployment.")] =
+            False):
+    """Run the nightly-refresh Prefect flow once, now, in this process."""
+    from flows.nightly import nightly_refresh
+
+    counts = nightly_refresh(lake=lake, source=source, config=str(config) if config else None,
+                             batch_prompts=batch_prompts, train=train)
+    console.print_json(json.dumps(counts, default=str))
+
+
+@app.command("serve")
+def serve_cmd(cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 2 * * *",
+              timezone: Annotated[str, typer.Option(help="Timezone of the cron.")] = "UTC",
+              lake: LakeOpt = None, source: SourceOpt = None,
+              train: Annotated[bool, typer.Option(help="Trigger training after.")] = False):
+    """Serve the nightly schedule from this process (no worker needed; needs a Prefect server:
+    `prefect server start` and PREFECT_API_URL, since a temporary one never fires schedules)."""
+    from flows.nightly import nightly_refresh
+
+    nightly_refresh.serve(name="nightly-refresh", cron=cron, timezone=timezone,
+                          parameters={"lake": lake, "source": source, "train": train})
+
+
+@app.command("deploy")
+def deploy_cmd(prefect_file: Annotated[Path, typer.Option(help="Deployments file.")] =
+               Path("infra/prefect.yaml"),
+               gpu_pool_type: Annotated[str, typer.Option(
+                   help="process (a GPU machine) or kubernetes.")] = "process"):
+    """Create the work pools and concurrency limits, then register the deployments."""
+    import os
+    import subprocess
+
+    from flows.nightly import ensure_limits
+
+    pools = [["longreward-cpu", "--type", "process"], ["longreward-gpu", "--type", gpu_pool_type]]
+    if gpu_pool_type == "kubernetes":
+        pools[1] += ["--base-job-template", "infra/k8s/gpu-base-job-template.json"]
+    for pool in pools:
+        subprocess.run(["prefect", "work-pool", "create", *pool, "--overwrite"], check=True)
+    ensure_limits(_settings(None))
+    env = {**os.environ, "LONGREWARD_HOME": os.environ.get("LONGREWARD_HOME", os.getcwd())}
+    subprocess.run(["prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                    str(prefect_file)], check=True, env=env)
+    console.print("deployed; start workers: prefect worker start --pool longreward-cpu "
+                  "(and --pool longreward-gpu on the GPU machine)")
+
+
+@app.command("train")
+def train_cmd(dataset: Annotated[str, typer.Option("--dataset", help="vN, N or latest.")],
+              local: Annotated[bool, typer.Option(
+                  help="Train here, now (CPU or local GPU), instead of on the GPU pool.")] =
+              False,
+              base_model: Annotated[str | None, typer.Option(
+                  help="Base model folder (default: a tiny model built locally with --local).")]
+              = None,
+              max_steps: Annotated[int | None, typer.Option(help="Stop after N steps.")] = None,
+              config: ConfigOpt = None, lake: LakeOpt = None):
+    """Train DPO+CE on a dataset version: on the GPU work pool (default) or --local."""
+    settings = _settings(config, lake=lake)
+    try:
+        version = publish.get_version(Lake(settings.lake), dataset).version
+    except LookupError as err:
+        err_console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from err
+    if local:
+        from flows.train import train_locally
+
+        result = train_locally(settings, version, base_model=base_model, max_steps=max_steps)
+        console.print_json(json.dumps(result, default=str))
+        return
+    from flows.nightly import TRAIN_DEPLOYMENT, trigger_training_task
+
+    run_id = trigger_training_task.fn(version, TRAIN_DEPLOYMENT)
+    console.print(f"training flow run {run_id} scheduled on {version} ({TRAIN_DEPLOYMENT})")
+
+
+@app.command("report")
+def report_cmd(run: Annotated[str | None, typer.Argument(help="Run id (default: latest).")] =
+               None, config: ConfigOpt = None, lake: LakeOpt = None):
+    """Print a run's report: counts, scores per dimension, failures, cost; saves plots."""
+    from tasks import report
+
+    settings = _settings(config, lake=lake)
+    the_lake = Lake(settings.lake)
+    run_id = run or report.latest_run_id(the_lake)
+    if run_id is None:
+        err_console.print("no run in this lake yet")
+        raise typer.Exit(1)
+    stats = report.collect_run_stats(the_lake, run_id)
+    console.print(report.render_terminal(stats))
+    plots = report.plot_score_distributions(the_lake, run_id,
+                                            f"{settings.lake.rstrip('/')}/reports/{run_id}")
+    for uri in plots:
+        console.print(f"plot: {uri}")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err_console, transient=True)

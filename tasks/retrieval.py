@@ -6,6 +6,7 @@ K answers of that prompt query the same index.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,8 @@ class SegmentIndex:
     @classmethod
     async def build(cls, context: str, tokenizer: Tokenizer, embedder: Embedder,
                     segment_tokens: int = 128) -> SegmentIndex:
-        segments = chunk_by_tokens(context, tokenizer, segment_tokens)
+        # tokenizing a long context takes tens of ms: keep it off the event loop
+        segments = await asyncio.to_thread(chunk_by_tokens, context, tokenizer, segment_tokens)
         vectors = await embedder.embed([s.text for s in segments])
         return cls(segments, vectors)
 

@@ -9,6 +9,7 @@ chunk holds relevant information there is nothing to miss: score 10, status ``no
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from tasks.chunking import Chunk
@@ -83,9 +84,13 @@ def _version() -> str:
     return load_prompt(EXTRACT_PROMPT)[1] + "+" + load_prompt(COVERAGE_PROMPT)[1]
 
 
-async def score_completeness(judge: Judge, query: str, key_points: list[KeyPoints], answer: str,
-                             options: JudgeOptions | None = None) -> Judgment:
+async def score_completeness(judge: Judge, query: str,
+                             key_points: list[KeyPoints] | Awaitable[list[KeyPoints]],
+                             answer: str, options: JudgeOptions | None = None) -> Judgment:
+    """``key_points`` may still be extracting (an awaitable, shared by the prompt's answers)."""
     options = options or JudgeOptions()
+    if not isinstance(key_points, list):
+        key_points = await key_points
     usage = Usage()
     broken = [kp for kp in key_points if kp.items is None]
     if broken:

@@ -10,6 +10,7 @@ it is unsupported), status ``no_statements``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from tasks.embeddings import Embedder
@@ -61,9 +62,11 @@ def _version() -> str:
     return load_prompt(STATEMENTS_PROMPT)[1] + "+" + load_prompt(SUPPORT_PROMPT)[1]
 
 
-async def score_faithfulness(judge: Judge, embedder: Embedder, index: SegmentIndex, query: str,
+async def score_faithfulness(judge: Judge, embedder: Embedder,
+                             index: SegmentIndex | Awaitable[SegmentIndex], query: str,
                              answer: str, options: JudgeOptions | None = None,
                              top_k: int = 5) -> Judgment:
+    """``index`` may still be building (an awaitable): statements are listed meanwhile."""
     options = options or JudgeOptions()
     usage = Usage()
     try:
@@ -75,6 +78,8 @@ async def score_faithfulness(judge: Judge, embedder: Embedder, index: SegmentInd
         return Judgment(PROMPT, 10.0, "no_statements", judge.model, _version(), raw=raw,
                         rationale="the answer makes no factual statement", usage=usage,
                         details={"statements": []})
+    if not isinstance(index, SegmentIndex):
+        index = await index
     evidence = await index.top_k(embedder, texts, k=top_k)
 
     async def grade(i: int, text: str) -> Statement:

@@ -80,24 +80,36 @@ async def score_prompt(judge: Judge, embedder: Embedder, prompt: dict, responses
     """Score the given responses of one prompt on all four dimensions."""
     tokenizer = load_tokenizer(options.tokenizer)
     context, query = prompt["context"], prompt["query"]
-    index = await SegmentIndex.build(context, tokenizer, embedder, options.segment_tokens)
     extraction_usage = Usage()
-    key_points = known_key_points
-    if key_points is None:
-        chunks = chunk_by_tokens(context, tokenizer, options.chunk_tokens)
-        key_points = await extract_key_points(judge, query, chunks, options.judge,
-                                              extraction_usage)
+
+    async def extract() -> list[KeyPoints]:
+        chunks = await asyncio.to_thread(chunk_by_tokens, context, tokenizer,
+                                         options.chunk_tokens)
+        return await extract_key_points(judge, query, chunks, options.judge, extraction_usage)
+
+    # The per-prompt work (segment index, key points) starts at once and is awaited only where
+    # needed: helpfulness, logicality and statement listing do not wait for it.
+    index = asyncio.ensure_future(
+        SegmentIndex.build(context, tokenizer, embedder, options.segment_tokens))
+    key_points_task = asyncio.ensure_future(extract()) if known_key_points is None else None
 
     async def four(response: dict) -> list[Judgment]:
         answer = response["text"] or ""
         return list(await asyncio.gather(
             score_helpfulness(judge, query, answer, options.judge),
             score_logicality(judge, query, answer, options.judge),
-            score_faithfulness(judge, embedder, index, query, answer, options.judge,
-                               options.top_k),
-            score_completeness(judge, query, key_points, answer, options.judge)))
+            score_faithfulness(judge, embedder, asyncio.shield(index), query, answer,
+                               options.judge, options.top_k),
+            score_completeness(judge, query, known_key_points if key_points_task is None
+                               else asyncio.shield(key_points_task), answer, options.judge)))
 
-    results = await asyncio.gather(*(four(r) for r in responses))
+    try:
+        results = await asyncio.gather(*(four(r) for r in responses))
+        key_points = known_key_points if key_points_task is None else await key_points_task
+    finally:
+        for task in (index, key_points_task):
+            if task is not None and not task.done():
+                task.cancel()
     now = datetime.now(UTC)
     scores = PromptScores([], [], [], extraction_usage, extraction_usage.calls)
     for response, judgments in zip(responses, results, strict=True):

@@ -1,0 +1,185 @@
+"""The nightly refresh as a Prefect flow: ingest → sample → score → pair → publish → report
+(→ trigger training). Each stage is a retryable task over the plain stage functions in
+``tasks.pipeline``; sampling and scoring fan out over batches of prompts.
+
+Resuming: every write is keyed and every LLM call is cached, so rerunning the flow with the
+same inputs after a crash repeats no finished call and writes no duplicate row. Task caching
+(keyed by a hash of the batch's prompt ids and the semantic config, never by pickled data)
+additionally skips whole batches that finished in an earlier run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from tasks import catalog, pipeline
+from tasks.config import Settings, load_settings
+from tasks.lake import Lake
+from tasks.runs import new_run_id
+
+JUDGE_LIMIT = "longreward-judge"
+POLICY_LIMIT = "longreward-policy"
+LAKE_WRITER_LIMIT = "longreward-lake-writer"
+TRAIN_DEPLOYMENT = "train-dpo/train-dpo"
+RETRY = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+         "retry_jitter_factor": 0.5}
+
+
+def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Stage, semantic config, lake, the batch's prompt ids and the Delta version of the input
+    table: the content, not the objects. New input rows change the version, so a cached batch
+    never hides new work; a rerun after a crash finds finished batches unchanged."""
+    settings: Settings = parameters["settings"]
+    blob = json.dumps([context.task.name, settings.config_hash(), settings.lake,
+                       settings.judge_model, settings.policy_model, parameters["input_version"],
+                       sorted(parameters["prompt_ids"])])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def ensure_limits(settings: Settings) -> Settings:
+    """Create the shared global concurrency limits if they do not exist yet (never resized
+    here: an operator's setting wins), and cap this run's per-batch concurrency at them, so a
+    batch never asks for more slots than a limit has."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    wanted = {JUDGE_LIMIT: settings.judge_concurrency, POLICY_LIMIT: settings.policy_concurrency,
+              LAKE_WRITER_LIMIT: 1}
+    actual = {}
+    with get_client(sync_client=True) as client:
+        for name, slots in wanted.items():
+            try:
+                actual[name] = client.read_global_concurrency_limit_by_name(name).limit
+            except ObjectNotFound:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=slots))
+                actual[name] = slots
+    return settings.model_copy(update={
+        "judge_concurrency": max(1, min(settings.judge_concurrency, actual[JUDGE_LIMIT])),
+        "policy_concurrency": max(1, min(settings.policy_concurrency, actual[POLICY_LIMIT]))})
+
+
+def _batches(ids: list[str], size: int) -> list[list[str]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+@task(name="ingest", **RETRY)
+def ingest_task(settings: Settings, run_id: str) -> dict:
+    with concurrency(LAKE_WRITER_LIMIT, occupy=1):
+        report = pipeline.stage_ingest(settings, run_id)
+    get_run_logger().info("ingest: %s", report.summary())
+    return {"prompts": report.prompts, "rejects": report.rejects,
+            "objects_new": report.objects_new}
+
+
+@task(name="plan")
+def plan_task(settings: Settings) -> tuple[list[str], list[str]]:
+    return pipeline.pending_prompt_ids(settings)
+
+
+@task(name="sample-batch", cache_key_fn=batch_cache_key, cache_expiration=timedelta(days=7),
+      persist_result=True, result_serializer="json", **RETRY)
+def sample_task(settings: Settings, run_id: str, prompt_ids: list[str],
+                input_version: int) -> dict:
+    with concurrency(POLICY_LIMIT, occupy=settings.policy_concurrency):
+        report = pipeline.stage_sample(settings, run_id, prompt_ids=prompt_ids)
+    if report.failed:
+        raise RuntimeError(f"{len(report.failed)} prompts failed to sample, first: "
+                           f"{report.failed[0][1]}")
+    return {"responses": report.responses_written, "skipped": report.responses_skipped}
+
+
+@task(name="score-batch", cache_key_fn=batch_cache_key, cache_expiration=timedelta(days=7),
+      persist_result=True, result_serializer="json", **RETRY)
+def score_task(settings: Settings, run_id: str, prompt_ids: list[str],
+               input_version: int) -> dict:
+    # The batch holds `judge_concurrency` slots of the shared judge limit for its duration, so
+    # flows sharing an endpoint never have more calls in flight than the limit allows.
+    with concurrency(JUDGE_LIMIT, occupy=settings.judge_concurrency):
+        report = pipeline.stage_score(settings, run_id, prompt_ids=prompt_ids)
+    get_run_logger().info("score batch: %s", report.summary())
+    return {"responses": report.responses, "ok": report.judgments_ok,
+            "failed": report.judgments_failed, "judge_calls": report.judge_calls,
+            "tokens_in": report.tokens_in, "tokens_out": report.tokens_out}
+
+
+@task(name="pair-and-publish", **RETRY)
+def pair_publish_task(settings: Settings, run_id: str) -> dict:
+    with concurrency(LAKE_WRITER_LIMIT, occupy=1):
+        paired, skipped = pipeline.stage_pair(settings, run_id)
+        version, created = pipeline.stage_publish(settings, run_id)
+        catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+    return {"paired": paired, "skipped": skipped,
+            "dataset_version": version.version if version else None, "created": created}
+
+
+@task(name="report")
+def report_task(settings: Settings, run_id: str) -> str | None:
+    """The run report as a Prefect markdown artifact (score plots saved to the lake)."""
+    try:
+        from tasks import report
+    except ImportError:  # pragma: no cover - the report module is optional during rollout
+        return None
+    lake = Lake(settings.lake)
+    stats = report.collect_run_stats(lake, run_id)
+    plots = report.plot_score_distributions(lake, run_id,
+                                            f"{settings.lake.rstrip('/')}/reports/{run_id}")
+    markdown = report.render_markdown(stats, plots)
+    create_markdown_artifact(markdown=markdown, key="nightly-report",
+                             description=f"longreward nightly run {run_id}")
+    return markdown
+
+
+@task(name="trigger-training", retries=2, retry_delay_seconds=30)
+def trigger_training_task(dataset_version: str, deployment: str = TRAIN_DEPLOYMENT) -> str:
+    """Start the training deployment on the dataset version, without waiting for it."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, parameters={"dataset_version": dataset_version},
+                         timeout=0, tags=["longreward", f"dataset:{dataset_version}"])
+    get_run_logger().info("training run %s triggered on %s", run.id, dataset_version)
+    return str(run.id)
+
+
+# Batches run two at a time in this process; a batch's own concurrency (judge_concurrency calls
+# in flight) is what fills an endpoint, and the global limits cap it across flows.
+@flow(name="nightly-refresh", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def nightly_refresh(lake: str | None = None, source: str | None = None,
+                    config: str | None = None, batch_prompts: int = 16, train: bool = False,
+                    train_deployment: str = TRAIN_DEPLOYMENT,
+                    overrides: dict[str, Any] | None = None) -> dict:
+    """Ingest new prompts, sample, score, pair, publish a dataset version; optionally train."""
+    settings = load_settings(config, lake=lake, source=source, **(overrides or {}))
+    run_id = new_run_id()
+    settings = ensure_limits(settings)
+    counts: dict[str, Any] = {"run_id": run_id, "ingest": ingest_task(settings, run_id)}
+    the_lake = Lake(settings.lake)
+    to_sample, _ = plan_task(settings)
+    retry = {"retries": settings.task_retries,
+             "retry_delay_seconds": exponential_backoff(settings.task_retry_delay_s)}
+    sampled = sample_task.with_options(**retry).map(unmapped(settings), unmapped(run_id),
+                              _batches(to_sample, batch_prompts),
+                              unmapped(the_lake.version("prompts")))
+    counts["sample"] = [s.result() for s in sampled]
+    _, to_score = plan_task(settings)
+    scored = score_task.with_options(**retry).map(unmapped(settings), unmapped(run_id),
+                            _batches(to_score, batch_prompts),
+                            unmapped(the_lake.version("responses")))
+    counts["score"] = [s.result() for s in scored]
+    counts["publish"] = pair_publish_task(settings, run_id)
+    report_task(settings, run_id)
+    version = counts["publish"]["dataset_version"]
+    if train and version:
+        counts["training_run"] = trigger_training_task(version, train_deployment)
+    return counts
