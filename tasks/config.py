@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     embeddings_base_url: str | None = None
     embeddings_model: str = "all-MiniLM-L6-v2"
 
+    # training
+    base_model: str | None = Field(
+        None, description="Model to train (folder or hub name); the demo builds a tiny one.")
+
     # LongReward
     samples_per_prompt: int = Field(10, ge=2, description="K answers sampled per prompt.")
     temperature: float = Field(1.0, ge=0.0)
