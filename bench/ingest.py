@@ -134,7 +134,7 @@ def bench_sql(args: argparse.Namespace, root: Path) -> None:
         timings[name] = best
     print("\n== SQL over judgments ==")
     print(f"rows                 {n_responses * len(DIMENSIONS):>12,}")
-    print(f"lake write (merge)   {write:>12.2f} s")
+    print(f"lake write (keyed append)   {write:>12.2f} s")
     for name, seconds in timings.items():
         print(f"{name:<28} {seconds * 1000:>8.0f} ms (best of 3)")
 
