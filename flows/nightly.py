@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
+from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
@@ -33,6 +35,14 @@ LAKE_WRITER_LIMIT = "longreward-lake-writer"
 TRAIN_DEPLOYMENT = "train-dpo/train-dpo"
 RETRY = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
          "retry_jitter_factor": 0.5}
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger inside a flow or task; the module's logger elsewhere (CLI, .fn())."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -78,7 +88,7 @@ def _batches(ids: list[str], size: int) -> list[list[str]]:
 def ingest_task(settings: Settings, run_id: str) -> dict:
     with concurrency(LAKE_WRITER_LIMIT, occupy=1):
         report = pipeline.stage_ingest(settings, run_id)
-    get_run_logger().info("ingest: %s", report.summary())
+    _log().info("ingest: %s", report.summary())
     return {"prompts": report.prompts, "rejects": report.rejects,
             "objects_new": report.objects_new}
 
@@ -108,7 +118,7 @@ def score_task(settings: Settings, run_id: str, prompt_ids: list[str],
     # flows sharing an endpoint never have more calls in flight than the limit allows.
     with concurrency(JUDGE_LIMIT, occupy=settings.judge_concurrency):
         report = pipeline.stage_score(settings, run_id, prompt_ids=prompt_ids)
-    get_run_logger().info("score batch: %s", report.summary())
+    _log().info("score batch: %s", report.summary())
     return {"responses": report.responses, "ok": report.judgments_ok,
             "failed": report.judgments_failed, "judge_calls": report.judge_calls,
             "tokens_in": report.tokens_in, "tokens_out": report.tokens_out}
@@ -148,7 +158,7 @@ def trigger_training_task(dataset_version: str, deployment: str = TRAIN_DEPLOYME
 
     run = run_deployment(deployment, parameters={"dataset_version": dataset_version},
                          timeout=0, tags=["longreward", f"dataset:{dataset_version}"])
-    get_run_logger().info("training run %s triggered on %s", run.id, dataset_version)
+    _log().info("training run %s triggered on %s", run.id, dataset_version)
     return str(run.id)
 
 
