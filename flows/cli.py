@@ -267,12 +267,15 @@ def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
 def run_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt = None,
             batch_prompts: Annotated[int, typer.Option(help="Prompts per task.")] = 16,
             train: Annotated[bool, typer.Option(help="Trigger the training deployment.")] =
-            False):
+            False,
+            task_runner: Annotated[str | None, typer.Option(
+                help="threads, dask or dask://host:port [env LONGREWARD_TASK_RUNNER].")] = None):
     """Run the nightly-refresh Prefect flow once, now, in this process."""
-    from flows.nightly import nightly_refresh
+    from flows.nightly import run_nightly
 
-    counts = nightly_refresh(lake=lake, source=source, config=str(config) if config else None,
-                             batch_prompts=batch_prompts, train=train)
+    counts = run_nightly(task_runner, lake=lake, source=source,
+                         config=str(config) if config else None, batch_prompts=batch_prompts,
+                         train=train)
     console.print_json(json.dumps(counts, default=str))
 
 

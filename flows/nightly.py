@@ -162,8 +162,24 @@ def trigger_training_task(dataset_version: str, deployment: str = TRAIN_DEPLOYME
     return str(run.id)
 
 
-# Batches run two at a time in this process; a batch's own concurrency (judge_concurrency calls
-# in flight) is what fills an endpoint, and the global limits cap it across flows.
+def task_runner_for(name: str):
+    """``threads`` (default), ``dask`` (a local cluster) or ``dask://host:port``."""
+    if name == "threads":
+        return ThreadPoolTaskRunner(max_workers=2)
+    if name == "dask" or name.startswith(("dask://", "tcp://")):
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as err:
+            raise RuntimeError("task_runner=dask needs: pip install prefect-dask") from err
+        if name == "dask":
+            return DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 2})
+        return DaskTaskRunner(address=name.replace("dask://", "tcp://", 1))
+    raise ValueError(f"unknown task runner {name!r}: threads, dask or dask://host:port")
+
+
+# Batches run two at a time in this process by default; a batch's own concurrency
+# (judge_concurrency calls in flight) is what fills an endpoint, and the global limits cap it
+# across flows. `run_nightly` picks another runner (Dask) from the settings.
 @flow(name="nightly-refresh", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def nightly_refresh(lake: str | None = None, source: str | None = None,
                     config: str | None = None, batch_prompts: int = 16, train: bool = False,
@@ -193,3 +209,11 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
     if train and version:
         counts["training_run"] = trigger_training_task(version, train_deployment)
     return counts
+
+
+def run_nightly(task_runner: str | None = None, **parameters: Any) -> dict:
+    """Run the flow now with the task runner named by the settings (or ``task_runner``)."""
+    settings = load_settings(parameters.get("config"), lake=parameters.get("lake"),
+                             **(parameters.get("overrides") or {}))
+    runner = task_runner_for(task_runner or settings.task_runner)
+    return nightly_refresh.with_options(task_runner=runner)(**parameters)

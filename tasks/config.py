@@ -24,7 +24,8 @@ DEFAULT_CONFIG_FILE = "longreward.toml"
 # moving the lake or the endpoint does not make a dataset look different.
 _NON_SEMANTIC = {"lake", "source", "catalog", "judge_base_url", "policy_base_url",
                  "embeddings_base_url", "judge_concurrency", "policy_concurrency",
-                 "request_timeout_s", "max_retries", "task_retries", "task_retry_delay_s"}
+                 "request_timeout_s", "max_retries", "task_retries", "task_retry_delay_s",
+                 "task_runner", "base_model"}
 
 
 class Settings(BaseSettings):
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
     policy_concurrency: int = Field(16, gt=0)
     request_timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    task_runner: str = Field(
+        "threads", description="Scoring fan-out: threads, dask (a local cluster) or "
+        "dask://host:port (an existing Dask scheduler).")
     task_retries: int = Field(3, ge=0, description="Prefect retries of a failed stage task.")
     task_retry_delay_s: float = Field(10.0, ge=0, description="Backoff factor of task retries.")
     judge_cost_per_mtok_in: float = Field(0.0, ge=0.0, description="USD per million tokens.")
