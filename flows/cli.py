@@ -248,6 +248,17 @@ def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
         verb = "published" if result.dataset_created else "unchanged, still"
         console.print(f"  publish  dataset {verb} {result.dataset.version} "
                       f"({result.dataset.row_count} pairs)")
+    if result.training:
+        history = result.training.get("history") or []
+        final = result.training["final_metrics"]
+        console.print(f"  train    {result.training['model_version']} on "
+                      f"{result.training['dataset_version']}: {final.get('step', '?'):g} steps "
+                      f"on CPU, loss {final.get('loss', float('nan')):.4f}, reward accuracy "
+                      f"{final.get('rewards/accuracies', float('nan')):.2f}; checkpoint "
+                      f"{result.training['checkpoint_uri']}")
+        del history
+    elif result.training_skipped:
+        console.print(f"  train    skipped: {result.training_skipped}")
     for title, sql in [
         ("rejects by reason", "SELECT reason_code, records, example_reason FROM rejects_by_reason"),
         ("score distribution (this run)", "SELECT dimension, scored, failed, round(mean, 2) AS "
@@ -255,6 +266,8 @@ def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
         ("pairs (this run)", "SELECT prompt_id[:12] AS prompt, round(chosen_reward, 2) AS "
          "chosen, round(rejected_reward, 2) AS rejected, round(margin, 2) AS margin, status "
          "FROM pairs WHERE run_id = ? ORDER BY margin DESC"),
+        ("models", "SELECT model_version, dataset_version, base_model, checkpoint_uri "
+         "FROM models ORDER BY created_at"),
     ]:
         params = [result.run_id] if "?" in sql else None
         _print_arrow(catalog.query(the_lake, sql, params).to_arrow_table(), title=title)
