@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         None, description="Model to train (folder or hub name); the demo builds a tiny one.")
 
     # LongReward
+    prompt_template: str | None = Field(
+        None, description="Policy prompt layout with {context} and {query}; default: the "
+        "context, a blank line, the query, as one user turn.")
     samples_per_prompt: int = Field(10, ge=2, description="K answers sampled per prompt.")
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

@@ -83,7 +83,8 @@ def stage_sample(settings: Settings, run_id: str,
     policy = policy_from_settings(settings, run_id=run_id)
     todo = prompts_to_sample(lake, policy.model, settings.samples_per_prompt, prompt_ids)
     return run_sampling(lake, policy, todo, settings.samples_per_prompt,
-                        SamplingParams.from_settings(settings), run_id, on_prompt=on_prompt,
+                        SamplingParams.from_settings(settings), run_id,
+                        template=settings.prompt_template, on_prompt=on_prompt,
                         concurrency=settings.policy_concurrency)
 
 
@@ -124,7 +125,7 @@ def stage_publish(settings: Settings, run_id: str,
                   ) -> tuple[DatasetVersion | None, bool]:
     """Publish this run's pairs as the next preference dataset version (None if no pair)."""
     lake = Lake(settings.lake)
-    table = preference_table(lake, run_id, style)
+    table = preference_table(lake, run_id, style, settings.prompt_template)
     if table.num_rows == 0:
         log.warning("no pair in run %s: nothing to publish", run_id)
         return None, False
