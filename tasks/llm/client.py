@@ -13,7 +13,6 @@ requests sent = calls_made + retries), ``cache_hits``, ``failures``.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import os
 import random
@@ -28,6 +27,7 @@ from typing import Any, TypeVar
 import openai
 
 from tasks.llm.cache import CallCache, request_hash
+from tasks.llm.errors import RETRYABLE_KINDS, LLMCallError, classify, reason_of
 from tasks.runs import new_run_id
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Message = Mapping[str, Any]
 
-RETRYABLE_KINDS = frozenset({"rate_limit", "server_error", "timeout", "connection"})
 ROLES = ("judge", "policy", "embeddings")
-
-
-class LLMCallError(RuntimeError):
-    """A call that failed for good: not retryable, or out of retries."""
-
-    def __init__(self, reason: str, *, kind: str, attempts: int, request_hash: str,
-                 status_code: int | None = None):
-        super().__init__(f"{kind} after {attempts} attempt(s): {reason}")
-        self.reason = reason
-        self.kind = kind
-        self.attempts = attempts
-        self.request_hash = request_hash
-        self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -321,9 +307,9 @@ class LLMClient:
                 async with sem, asyncio.timeout(self.timeout_s):
                     return await send(client), attempt + 1
             except (openai.APIError, TimeoutError) as exc:
-                kind, status, retry_after = _classify(exc)
+                kind, status, retry_after = classify(exc)
                 if kind not in RETRYABLE_KINDS or attempt == self.max_retries:
-                    raise self._fail(key, role, model, started, kind, _reason(exc),
+                    raise self._fail(key, role, model, started, kind, reason_of(exc),
                                      attempts=attempt + 1, status_code=status) from exc
                 delay = self._delay(attempt, retry_after)
                 self.retries += 1
@@ -375,43 +361,3 @@ class LLMClient:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
-
-
-def _classify(exc: BaseException) -> tuple[str, int | None, float | None]:
-    """(kind, HTTP status, Retry-After seconds) of a failed attempt."""
-    if isinstance(exc, TimeoutError | openai.APITimeoutError):
-        return "timeout", None, None
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection", None, None
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        retry_after = _retry_after(exc.response.headers)
-        if status == 429:
-            return "rate_limit", status, retry_after
-        if status >= 500 or status in (408, 409):
-            return "server_error", status, retry_after
-        return "client_error", status, None
-    return "api_error", None, None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP date."""
-    try:
-        if (ms := headers.get("retry-after-ms")) is not None:
-            return max(0.0, float(ms) / 1000.0)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "no answer within the request timeout"
-    return str(exc)[:500] or type(exc).__name__

@@ -15,14 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from tasks.llm.client import ChatResult, LLMCallError
+from tasks.llm.client import ChatResult
+from tasks.llm.errors import RETRYABLE_KINDS, LLMCallError
 from tasks.score.protocol import ProtocolError, parse_score
 
 PROMPTS = Path(__file__).parent / "prompts"
 DIMENSIONS = ("helpfulness", "logicality", "faithfulness", "completeness")
-# Endpoint failures that say nothing about the request: they abort the stage (and Prefect
-# retries it) instead of being recorded as a failed judgment.
-TRANSIENT = frozenset({"rate_limit", "server_error", "timeout", "connection"})
+
 T = TypeVar("T")
 
 
@@ -113,7 +112,7 @@ async def ask(judge: Judge, msgs: list[dict], parse: Callable[[str], T], options
             result = await judge.chat(msgs, temperature=temperature, top_p=1.0,
                                       max_tokens=options.max_tokens, attempt=attempt)
         except LLMCallError as err:
-            if err.kind in TRANSIENT:
+            if err.kind in RETRYABLE_KINDS:
                 raise  # an outage is not a verdict: let the stage (task) retry later
             raise AskFailed(f"judge call failed: {err}", raw) from err
         usage.add(result)
