@@ -94,3 +94,20 @@ def test_datasets_list_and_show(demo_lake):
     assert shown["lineage"]["judge_model"] == "offline-judge"
     missing = cli("datasets", "show", "v7", "--lake", demo_lake, check=False)
     assert missing.returncode == 1 and "no dataset version" in missing.stderr
+
+
+def test_report_prints_the_demo_run_and_saves_plots(demo_lake):
+    out = cli("report", "--lake", demo_lake)
+    assert "ingested" in out.stdout and "faithfulness" in out.stdout
+    plots = [line.split("plot: ", 1)[1] for line in out.stdout.splitlines()
+             if line.startswith("plot: ")]
+    assert len(plots) == 5
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+
+
+def test_demo_trained_a_model_linked_to_its_dataset(demo_lake):
+    out = cli("sql", "SELECT model_version, dataset_version, checkpoint_uri FROM models",
+              "--lake", demo_lake, "-f", "json")
+    models = json.loads(out.stdout)
+    assert len(models) == 1 and models[0]["dataset_version"] == "v1"
+    assert Path(models[0]["checkpoint_uri"], "COMPLETE").is_file()
