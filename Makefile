@@ -33,8 +33,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Quick figures; bench/ingest.py at its full size (10,000 x 32k tokens) takes ~8 minutes.
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/judge.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/ingest.py --prompts 500 --judgments 100000
 
 clean:
 	rm -rf $(VENV) lake .prefect
