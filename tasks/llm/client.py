@@ -98,7 +98,7 @@ class LLMClient:
         self._openai: openai.AsyncOpenAI | None = None
         self._sem: asyncio.Semaphore | None = None
         self.call_log: list[dict[str, Any]] = []
-        self._inflight: dict[tuple[int, str], asyncio.Future[ChatResult]] = {}
+        self._inflight: dict[tuple[int, str], asyncio.Future] = {}
         self.coalesced = 0
         self.calls_made = self.retries = self.cache_hits = self.failures = 0
 
@@ -152,22 +152,23 @@ class LLMClient:
                   "max_tokens": max_tokens, "seed": seed, "sample_index": sample_index,
                   "attempt": attempt or None, "n": 1, "extra": dict(extra) if extra else None}
         key = request_hash(self.model, messages, params)
-        return await self._single_flight(
+        result, shared = await self._single_flight(
             key, lambda: self._chat(key, messages, temperature, top_p, max_tokens, seed, extra))
+        if shared:
+            result = replace(result, cached=True, latency_ms=0.0)
+            self._record(key, self.role, self.model, result.tokens_in, result.tokens_out, 0.0,
+                         cached=True, status="ok")
+        return result
 
-    async def _single_flight(self, key: str,
-                             make: Callable[[], Awaitable[ChatResult]]) -> ChatResult:
+    async def _single_flight(self, key: str, make: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Identical requests in flight at once share one HTTP call (K answers of one prompt
-        often contain the same statement); the others get its answer, marked cached."""
+        often contain the same statement); returns (answer, whether it was shared)."""
         slot = (id(asyncio.get_running_loop()), key)
         pending = self._inflight.get(slot)
         if pending is not None:
-            result = replace(await asyncio.shield(pending), cached=True, latency_ms=0.0)
             self.coalesced += 1
-            self._record(key, self.role, self.model, result.tokens_in, result.tokens_out, 0.0,
-                         cached=True, status="ok")
-            return result
-        future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
+            return await asyncio.shield(pending), True
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[slot] = future
         try:
             result = await make()
@@ -180,7 +181,7 @@ class LLMClient:
             raise
         else:
             future.set_result(result)
-            return result
+            return result, False
         finally:
             self._inflight.pop(slot, None)
 
@@ -229,7 +230,7 @@ class LLMClient:
         texts = list(texts)
         size = self.embed_batch_size
         batches = [texts[i:i + size] for i in range(0, len(texts), size)]
-        parts = await asyncio.gather(*(self._embed_batch(b, model or self.model)
+        parts = await asyncio.gather(*(self._embed_shared(b, model or self.model)
                                        for b in batches))
         return [vector for part in parts for vector in part]
 
@@ -260,6 +261,11 @@ class LLMClient:
         await self.aclose()
 
     # -- internals -------------------------------------------------------------------------
+
+    async def _embed_shared(self, texts: list[str], model: str) -> list[list[float]]:
+        key = request_hash(model, texts, {"endpoint": "embeddings"})
+        vectors, _ = await self._single_flight(key, lambda: self._embed_batch(texts, model))
+        return vectors
 
     async def _embed_batch(self, texts: list[str], model: str) -> list[list[float]]:
         key = request_hash(model, texts, {"endpoint": "embeddings"})

@@ -389,3 +389,12 @@ def test_identical_requests_in_flight_share_one_call(tmp_path):
             run(lambda c: asyncio.gather(*(chat(c, temperature=0.3) for _ in range(3))),
                 make_client(slow, tmp_path, cache=None))
         assert slow.requests_total == 2
+
+
+def test_identical_embedding_batches_in_flight_share_one_call(tmp_path):
+    with FakeOpenAI(latency_s=0.2) as slow:
+        client = make_client(slow, tmp_path, cache=None, model="embed-m")
+        vectors = run(lambda c: asyncio.gather(*(c.embed(["same text", "other"])
+                                                 for _ in range(3))), client)
+        assert slow.by_path["/v1/embeddings"] == 1 and client.coalesced == 2
+        assert vectors[0] == vectors[1] == vectors[2]
