@@ -33,6 +33,10 @@ JUDGE_LIMIT = "longreward-judge"
 POLICY_LIMIT = "longreward-policy"
 LAKE_WRITER_LIMIT = "longreward-lake-writer"
 TRAIN_DEPLOYMENT = "train-dpo/train-dpo"
+BATCHES_IN_FLIGHT = 2   # the thread runner's workers: each batch gets a share of a limit
+# Slots held by a killed run return when their lease lapses (a real Prefect server's lease
+# repossessor frees them); the minimum the API allows keeps a prompt rerun from waiting long.
+LEASE_S = 60
 RETRY = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
          "retry_jitter_factor": 0.5}
 
@@ -54,6 +58,10 @@ def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
                        settings.judge_model, settings.policy_model, parameters["input_version"],
                        sorted(parameters["prompt_ids"])])
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _share(limit: int) -> int:
+    return max(1, limit // BATCHES_IN_FLIGHT)
 
 
 def ensure_limits(settings: Settings) -> Settings:
@@ -102,8 +110,11 @@ def plan_task(settings: Settings) -> tuple[list[str], list[str]]:
       persist_result=True, result_serializer="json", **RETRY)
 def sample_task(settings: Settings, run_id: str, prompt_ids: list[str],
                 input_version: int) -> dict:
-    with concurrency(POLICY_LIMIT, occupy=settings.policy_concurrency):
-        report = pipeline.stage_sample(settings, run_id, prompt_ids=prompt_ids)
+    slots = _share(settings.policy_concurrency)
+    with concurrency(POLICY_LIMIT, occupy=slots, lease_duration=LEASE_S):
+        report = pipeline.stage_sample(
+            settings.model_copy(update={"policy_concurrency": slots}), run_id,
+            prompt_ids=prompt_ids)
     if report.failed:
         raise RuntimeError(f"{len(report.failed)} prompts failed to sample, first: "
                            f"{report.failed[0][1]}")
@@ -114,10 +125,13 @@ def sample_task(settings: Settings, run_id: str, prompt_ids: list[str],
       persist_result=True, result_serializer="json", **RETRY)
 def score_task(settings: Settings, run_id: str, prompt_ids: list[str],
                input_version: int) -> dict:
-    # The batch holds `judge_concurrency` slots of the shared judge limit for its duration, so
-    # flows sharing an endpoint never have more calls in flight than the limit allows.
-    with concurrency(JUDGE_LIMIT, occupy=settings.judge_concurrency):
-        report = pipeline.stage_score(settings, run_id, prompt_ids=prompt_ids)
+    # The batch holds its share of the shared judge limit for its duration and keeps that many
+    # calls in flight, so flows sharing an endpoint never exceed the limit together.
+    slots = _share(settings.judge_concurrency)
+    with concurrency(JUDGE_LIMIT, occupy=slots, lease_duration=LEASE_S):
+        report = pipeline.stage_score(
+            settings.model_copy(update={"judge_concurrency": slots}), run_id,
+            prompt_ids=prompt_ids)
     _log().info("score batch: %s", report.summary())
     return {"responses": report.responses, "ok": report.judgments_ok,
             "failed": report.judgments_failed, "judge_calls": report.judge_calls,
@@ -165,7 +179,7 @@ def trigger_training_task(dataset_version: str, deployment: str = TRAIN_DEPLOYME
 def task_runner_for(name: str):
     """``threads`` (default), ``dask`` (a local cluster) or ``dask://host:port``."""
     if name == "threads":
-        return ThreadPoolTaskRunner(max_workers=2)
+        return ThreadPoolTaskRunner(max_workers=BATCHES_IN_FLIGHT)
     if name == "dask" or name.startswith(("dask://", "tcp://")):
         try:
             from prefect_dask import DaskTaskRunner
@@ -180,7 +194,8 @@ def task_runner_for(name: str):
 # Batches run two at a time in this process by default; a batch's own concurrency
 # (judge_concurrency calls in flight) is what fills an endpoint, and the global limits cap it
 # across flows. `run_nightly` picks another runner (Dask) from the settings.
-@flow(name="nightly-refresh", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="nightly-refresh", log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=BATCHES_IN_FLIGHT))
 def nightly_refresh(lake: str | None = None, source: str | None = None,
                     config: str | None = None, batch_prompts: int = 16, train: bool = False,
                     train_deployment: str = TRAIN_DEPLOYMENT,

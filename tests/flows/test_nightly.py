@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from flows.demo import DEMO_BUCKET, upload_demo_prompts
 from flows.nightly import nightly_refresh
 from tasks.lake import Lake
@@ -46,6 +48,15 @@ def _demo_source(n: int) -> str:
     return upload_demo_prompts(n)
 
 
+def _latest_artifact(api: str, key: str) -> str:
+    """The newest artifact with ``key``, read over the Prefect REST API (prefect 3.8's client
+    sends nulls for the optional filters, which this server version refuses)."""
+    reply = httpx.post(f"{api}/artifacts/filter", json={
+        "artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1, "offset": 0})
+    reply.raise_for_status()
+    return reply.json()[0]["data"]
+
+
 def _counts(lake: Lake) -> dict[str, int]:
     return {t: lake.count(t) for t in ("prompts", "responses", "judgments", "statements",
                                        "key_points", "pairs", "datasets")}
@@ -60,6 +71,9 @@ def test_flow_end_to_end_then_a_rerun_does_nothing_new(prefect_api, s3_endpoint,
     assert sum(b["responses"] for b in first["sample"]) == 12
     assert sum(b["ok"] for b in first["score"]) == 48
     assert first["publish"]["dataset_version"] == "v1"
+    report = _latest_artifact(prefect_api, "nightly-report")
+    assert first["run_id"] in report and "faithfulness" in report
+    assert Path(lake, "reports", first["run_id"], "reward.png").is_file()
     before = _counts(Lake(lake))
     second = nightly_refresh(lake=lake, source=src, batch_prompts=2,
                              overrides={"samples_per_prompt": 4})
@@ -110,8 +124,31 @@ RUN = ("import sys; from flows.nightly import nightly_refresh; "
        "nightly_refresh(lake=sys.argv[1], source=sys.argv[2], batch_prompts=1)")
 
 
+def _judge_limit_with_room(slots: int) -> None:
+    """The killed run's slots return only when their lease lapses, which takes a real server's
+    lease repossessor; the test API has none, so the limit leaves the rerun room of its own."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.nightly import JUDGE_LIMIT
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(JUDGE_LIMIT)
+            client.update_global_concurrency_limit(
+                JUDGE_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots))
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=JUDGE_LIMIT, limit=slots))
+
+
 def test_killed_mid_scoring_rerun_repeats_no_call(prefect_api, s3_endpoint, tmp_path):
     src = _demo_source(4)
+    _judge_limit_with_room(16)   # the runs use judge_concurrency 4: 2 batches x 2 slots
     with FakeOpenAI(judge_reply, latency_s=0.02) as judge, \
             FakeOpenAI(judge_reply) as reference_judge:
         killed = str(tmp_path / "killed")
