@@ -253,7 +253,7 @@ def run_b(api, server, args, root: Path, a: dict) -> None:
         print("stale concurrency slots " + ", ".join(f"{n} {s[0]}/{s[1]}" for n, s in
               stale.items()) + " still held by the killed run: the test harness server runs "
               "no lease repossessor, so the bench freed them (a real server frees them when "
-              "the 300 s lease expires; until then the rerun's batches wait for slots)")
+              "their 60 s lease lapses; until then the rerun's batches wait for slots)")
     again = time.perf_counter()
     finish_flow(start_flow(lake, env, args, log), log)
     rerun_s = time.perf_counter() - again
