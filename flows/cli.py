@@ -229,36 +229,42 @@ def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
 @app.command("demo")
 def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
              prompts: Annotated[int, typer.Option(help="Demo prompts to generate.")] = 12):
-    """Run the nightly pipeline end to end on embedded defaults (embedded S3, local lake,
-    offline policy and judge)."""
+    """Run the nightly flow end to end on embedded defaults (embedded S3, local lake, offline
+    policy and judge), then train a tiny model on the dataset version it published."""
     from flows.demo import run_demo
 
     settings = _settings(config, lake=lake)
-    with console.status("demo") as status:
-        result = run_demo(settings, n_prompts=prompts,
-                          progress=lambda stage: status.update(f"demo: {stage} ..."))
-    the_lake = Lake(settings.lake)
+    result = run_demo(settings, n_prompts=prompts, config=str(config) if config else None)
+    counts = result.counts
+    score = {k: sum(b[k] for b in counts["score"]) for k in ("responses", "ok", "failed",
+                                                              "judge_calls")}
     console.rule("[bold]longreward demo")
-    console.print(f"run {result.run_id}")
-    console.print(f"  ingest   {result.ingest.summary()}")
-    console.print(f"  sample   {result.sample.summary()}")
-    console.print(f"  score    {result.score.summary()}")
-    console.print(f"  pair     {result.pairs[0]} pairs, {result.pairs[1]} prompts skipped")
+    console.print(f"run {result.run_id} (Prefect flow nightly-refresh; report artifact "
+                  "nightly-report)")
+    ingest = counts["ingest"]
+    console.print(f"  ingest   {ingest['objects_new']} new objects: {ingest['prompts']} "
+                  f"prompts, {ingest['rejects']} rejects")
+    console.print(f"  sample   {sum(b['responses'] for b in counts['sample'])} responses "
+                  f"written in {len(counts['sample'])} batches")
+    console.print(f"  score    {score['responses']} responses scored: {score['ok']} judgments "
+                  f"ok, {score['failed']} failed, {score['judge_calls']} judge calls")
+    published = counts["publish"]
+    console.print(f"  pair     {published['paired']} pairs, {published['skipped']} prompts "
+                  "skipped")
     if result.dataset:
-        verb = "published" if result.dataset_created else "unchanged, still"
+        verb = "published" if published["created"] else "unchanged, still"
         console.print(f"  publish  dataset {verb} {result.dataset.version} "
                       f"({result.dataset.row_count} pairs)")
     if result.training:
-        history = result.training.get("history") or []
         final = result.training["final_metrics"]
         console.print(f"  train    {result.training['model_version']} on "
-                      f"{result.training['dataset_version']}: {final.get('step', '?'):g} steps "
+                      f"{result.training['dataset_version']}: {final.get('step', 0):g} steps "
                       f"on CPU, loss {final.get('loss', float('nan')):.4f}, reward accuracy "
                       f"{final.get('rewards/accuracies', float('nan')):.2f}; checkpoint "
                       f"{result.training['checkpoint_uri']}")
-        del history
     elif result.training_skipped:
         console.print(f"  train    skipped: {result.training_skipped}")
+    the_lake = Lake(settings.lake)
     for title, sql in [
         ("rejects by reason", "SELECT reason_code, records, example_reason FROM rejects_by_reason"),
         ("score distribution (this run)", "SELECT dimension, scored, failed, round(mean, 2) AS "
@@ -271,9 +277,10 @@ def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
     ]:
         params = [result.run_id] if "?" in sql else None
         _print_arrow(catalog.query(the_lake, sql, params).to_arrow_table(), title=title)
-    console.print(f"lake: {settings.lake}   catalog: {result.catalog}")
-    console.print("next: longreward sql \"SELECT * FROM rewards ORDER BY reward DESC\"   |   "
-                  f"duckdb -readonly {result.catalog}")
+    console.print(f"lake: {settings.lake}   catalog: {result.catalog}   plots: "
+                  f"{settings.lake}/reports/{result.run_id}/")
+    console.print("next: longreward report   |   longreward sql \"SELECT * FROM rewards ORDER "
+                  f"BY reward DESC\"   |   duckdb -readonly {result.catalog}")
 
 
 @app.command("run")

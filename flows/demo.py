@@ -1,28 +1,25 @@
-"""The demo: the nightly pipeline end to end on embedded defaults (moto S3, local lake).
+"""The demo: the nightly pipeline end to end on embedded defaults (moto S3, local lake,
+offline policy and judge, a temporary Prefect API).
 
-Puts a batch of synthetic prompts (and a file of bad records) into an embedded S3 bucket, then
-runs the pipeline over it exactly as a nightly run would over a real bucket.
+Puts a batch of synthetic prompts (and a file of bad records) into an embedded S3 bucket, runs
+the nightly-refresh flow over it exactly as a nightly run would over a real bucket, then trains
+a tiny model on the dataset version it published.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import catalog, demo_data, pipeline, storage
+from tasks import catalog, demo_data, storage
 from tasks.config import Settings
 from tasks.embedded_s3 import embedded_s3
-from tasks.ingest import IngestReport
 from tasks.lake import Lake
-from tasks.publish import DatasetVersion
-from tasks.runs import new_run_id
-from tasks.sample.stage import SampleReport
-from tasks.score.stage import ScoreReport
+from tasks.publish import DatasetVersion, get_version
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +29,15 @@ DEMO_PREFIX = "prompts"
 
 @dataclass
 class DemoResult:
-    run_id: str
-    ingest: IngestReport
-    sample: SampleReport
-    score: ScoreReport
-    pairs: tuple[int, int]
-    dataset: DatasetVersion | None
-    dataset_created: bool
-    catalog: str
+    counts: dict                      # what the nightly-refresh flow returned
+    dataset: DatasetVersion | None = None
     training: dict | None = None
     training_skipped: str | None = None
+    catalog: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.counts["run_id"]
 
 
 def upload_demo_prompts(n_prompts: int, seed: int = 0) -> str:
@@ -60,28 +56,22 @@ def upload_demo_prompts(n_prompts: int, seed: int = 0) -> str:
     return f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}"
 
 
-def run_demo(settings: Settings, n_prompts: int = 12,
-             progress: Callable[[str], None] = lambda stage: None) -> DemoResult:
-    """Every nightly stage on the embedded defaults; the stages are the production ones."""
-    run_id = new_run_id()
+def run_demo(settings: Settings, n_prompts: int = 12, config: str | None = None) -> DemoResult:
+    """The nightly-refresh Prefect flow over an embedded S3 bucket, then a tiny training run."""
+    from flows.nightly import run_nightly
+
     with embedded_s3(buckets=(DEMO_BUCKET,)) as endpoint:
         log.info("embedded S3 at %s", endpoint)
-        settings = settings.model_copy(update={"source": upload_demo_prompts(n_prompts)})
-        progress("ingest")
-        ingested = pipeline.stage_ingest(settings, run_id)
-    progress("sample")
-    sampled = pipeline.stage_sample(settings, run_id)
-    progress("score")
-    scored = pipeline.stage_score(settings, run_id)
-    progress("pair")
-    pairs = pipeline.stage_pair(settings, run_id)
-    progress("publish")
-    dataset, created = pipeline.stage_publish(settings, run_id)
-    result = DemoResult(run_id, ingested, sampled, scored, pairs, dataset, created, "")
-    if dataset is not None:
-        progress("train")
-        result.training, result.training_skipped = train_tiny(settings, dataset.version)
-    result.catalog = catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+        source = upload_demo_prompts(n_prompts)
+        counts = run_nightly(settings.task_runner, lake=settings.lake, source=source,
+                             config=config, batch_prompts=4)   # a few batches: fan-out shows
+    result = DemoResult(counts)
+    version = counts["publish"]["dataset_version"]
+    lake = Lake(settings.lake)
+    if version:
+        result.dataset = get_version(lake, version)
+        result.training, result.training_skipped = train_tiny(settings, version)
+    result.catalog = catalog.write_catalog(lake, settings.catalog_path)
     return result
 
 

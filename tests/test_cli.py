@@ -81,9 +81,9 @@ def test_catalog_file_opens_in_any_duckdb_client(demo_lake):
 
 def test_demo_rerun_ingests_nothing_new(demo_lake):
     out = cli("demo", "--lake", demo_lake, "--prompts", "6")
-    assert "0 new of 3 objects" in out.stdout
+    assert "0 new objects: 0 prompts" in out.stdout
     assert "0 responses written" in out.stdout
-    assert "0 responses of 0 prompts scored (60 already done)" in out.stdout
+    assert "0 responses scored" in out.stdout
     assert "unchanged, still v1" in out.stdout
 
 
