@@ -101,9 +101,14 @@ def ingest_task(settings: Settings, run_id: str) -> dict:
             "objects_new": report.objects_new}
 
 
-@task(name="plan")
-def plan_task(settings: Settings) -> tuple[list[str], list[str]]:
-    return pipeline.pending_prompt_ids(settings)
+@task(name="plan-sample")
+def plan_sample_task(settings: Settings) -> list[str]:
+    return pipeline.prompts_pending_sampling(settings)
+
+
+@task(name="plan-score")
+def plan_score_task(settings: Settings) -> list[str]:
+    return pipeline.prompts_pending_scoring(settings)
 
 
 @task(name="sample-batch", cache_key_fn=batch_cache_key, cache_expiration=timedelta(days=7),
@@ -206,14 +211,14 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
     settings = ensure_limits(settings)
     counts: dict[str, Any] = {"run_id": run_id, "ingest": ingest_task(settings, run_id)}
     the_lake = Lake(settings.lake)
-    to_sample, _ = plan_task(settings)
+    to_sample = plan_sample_task(settings)
     retry = {"retries": settings.task_retries,
              "retry_delay_seconds": exponential_backoff(settings.task_retry_delay_s)}
     sampled = sample_task.with_options(**retry).map(unmapped(settings), unmapped(run_id),
                               _batches(to_sample, batch_prompts),
                               unmapped(the_lake.version("prompts")))
     counts["sample"] = [s.result() for s in sampled]
-    _, to_score = plan_task(settings)
+    to_score = plan_score_task(settings)
     scored = score_task.with_options(**retry).map(unmapped(settings), unmapped(run_id),
                             _batches(to_score, batch_prompts),
                             unmapped(the_lake.version("responses")))

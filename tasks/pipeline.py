@@ -66,14 +66,17 @@ def prompts_to_sample(lake: Lake, policy_model: str, k: int,
         ORDER BY p.prompt_id""", params=params).to_arrow_table().to_pylist()
 
 
-def pending_prompt_ids(settings: Settings) -> tuple[list[str], list[str]]:
-    """(prompts to sample, prompts with responses to score): what the flow fans out over."""
-    lake = Lake(settings.lake)
-    model = policy_name(settings)
-    to_sample = [r["prompt_id"] for r in prompts_to_sample(
-        lake, model, settings.samples_per_prompt, columns="p.prompt_id")]
-    todo, _ = pending_work(lake)
-    return to_sample, sorted(todo)
+def prompts_pending_sampling(settings: Settings) -> list[str]:
+    """Prompt ids with fewer than K answers from the configured policy."""
+    return [r["prompt_id"] for r in prompts_to_sample(
+        Lake(settings.lake), policy_name(settings), settings.samples_per_prompt,
+        columns="p.prompt_id")]
+
+
+def prompts_pending_scoring(settings: Settings) -> list[str]:
+    """Prompt ids with responses that lack any of their four judgments."""
+    todo, _ = pending_work(Lake(settings.lake))
+    return sorted(todo)
 
 
 def stage_sample(settings: Settings, run_id: str,
