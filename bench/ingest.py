@@ -27,9 +27,8 @@ from tasks import catalog, storage  # noqa: E402
 from tasks.demo_data import jsonl, make_prompt  # noqa: E402
 from tasks.ingest import IngestOptions, ingest  # noqa: E402
 from tasks.lake import Lake  # noqa: E402
+from tasks.schemas import DIMENSIONS  # noqa: E402
 from tasks.tokens import count_tokens, load_tokenizer  # noqa: E402
-
-DIMENSIONS = ("helpfulness", "logicality", "faithfulness", "completeness")
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:

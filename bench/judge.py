@@ -108,10 +108,11 @@ class PerAnswer:
     def __init__(self, client: LLMClient, tag: int):
         self.client, self.tag, self.model = client, tag, client.model
 
-    async def chat(self, messages, *, temperature, top_p, max_tokens, attempt=0):
+    async def chat(self, messages, *, temperature, top_p, max_tokens, attempt=0, purpose=None):
         tag = self.tag if messages[0]["content"] == EXTRACT_SYSTEM else None
         return await self.client.chat(messages, temperature=temperature, top_p=top_p,
-                                      max_tokens=max_tokens, attempt=attempt, sample_index=tag)
+                                      max_tokens=max_tokens, attempt=attempt, sample_index=tag,
+                                      purpose=purpose)
 
 
 def clients(server: FakeOpenAI, cache: Path | None, embed_cache: Path | None,

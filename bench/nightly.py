@@ -71,7 +71,8 @@ def responder(request: dict) -> str:
     if task == "rating logicality":
         return f"Reasoning is consistent.\n[[{5 + len(answer) % 5}]]"
     if task == "listing factual statements":
-        return "\n".join(f"<statement>{s}</statement>" for s in facts[:4]) or "No statements."
+        return "\n".join(f"<statement>{s}</statement>" for s in facts[:4]) \
+            or "No factual statements."
     if task == "grading support for a statement":
         statement, evidence = section(request, "statement"), section(request, "evidence")
         if statement.lower() in evidence.lower():
@@ -83,8 +84,9 @@ def responder(request: dict) -> str:
     if task == "extracting information relevant to a question":
         found = [m.group(0) for m in FACT.finditer(section(request, "chunk"))]
         return "\n".join(f"{i}. {s}" for i, s in enumerate(found, 1)) or "No relevant information"
-    points = [p[2:] for p in request["messages"][-1]["content"].splitlines()
-              if p.startswith("- ")]
+    listed = re.search(r"<key_points>\n(.*?)\n</key_points>", request["messages"][-1]["content"],
+                       re.S)
+    points = re.findall(r"^\d+\. (.*)$", listed.group(1) if listed else "", re.M)
     covered = sum(p.lower() in answer.lower() for p in points)
     score = round(10 * covered / max(len(points), 1))
     return f"Covers {covered} of {len(points)} key points.\n[[{score}]]"
@@ -107,6 +109,7 @@ def flow_env(api: str, server: FakeOpenAI, args: argparse.Namespace) -> dict[str
                 "JUDGE_BASE_URL": server.url, "JUDGE_MODEL": "bench-judge",
                 "EMBEDDINGS_BASE_URL": server.url, "EMBEDDINGS_MODEL": "bench-embed",
                 "POLICY_MODEL": "offline-policy", "SAMPLES_PER_PROMPT": args.answers,
+                "PAIR_MIN_ANSWERS": min(5, args.answers),
                 "JUDGE_CONCURRENCY": args.concurrency}.items()}}
 
 

@@ -199,7 +199,8 @@ def score_cmd(config: ConfigOpt = None, lake: LakeOpt = None):
 
 @app.command("pair")
 def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
-             min_answers: Annotated[int, typer.Option(help="Rewarded answers needed.")] = 2,
+             min_answers: Annotated[int | None, typer.Option(
+                 help="Rewarded answers needed (default: pair_min_answers, 5).")] = None,
              min_margin: Annotated[float, typer.Option(help="Smallest best-worst gap.")] = 0.0,
              ties: Annotated[str, typer.Option(help="first or skip.")] = "first",
              publish_version: Annotated[bool, typer.Option(
@@ -210,7 +211,8 @@ def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
     settings = _settings(config, lake=lake)
     run_id = new_run_id()
     try:
-        rule = PairRule(min_answers, min_margin, ties)  # type: ignore[arg-type]
+        rule = PairRule(settings.pair_min_answers if min_answers is None else min_answers,
+                        min_margin, ties)  # type: ignore[arg-type]
     except ValueError as err:
         err_console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import duckdb
+import pyarrow as pa
 
 from tasks import storage
 from tasks.lake import Lake
@@ -20,6 +21,10 @@ from tasks.schemas import TABLES
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+_DUCK_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
+               pa.bool_(): "BOOLEAN", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ"}
 
 
 class ReadOnlyError(ValueError):
@@ -35,8 +40,14 @@ def _base_view_sql(lake: Lake, name: str, con: duckdb.DuckDBPyConnection) -> Non
     files = lake.files(name)
     if files:
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT "
-                    f"{', '.join(lake.spec(name).schema.names)} FROM read_parquet([{listed}])")
+        source = f"read_parquet([{listed}], union_by_name = true)"
+        # A column added to the table after its files were written reads as NULL.
+        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        columns = [field.name if field.name in present
+                   else f"CAST(NULL AS {_DUCK_TYPES.get(field.type, 'VARCHAR')}) AS {field.name}"
+                   for field in lake.spec(name).schema]
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT {', '.join(columns)} "
+                    f"FROM {source}")
     else:
         con.register("_empty", lake.spec(name).schema.empty_table())
         con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _empty")

@@ -12,9 +12,9 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CONFIG_FILE_ENV = "LONGREWARD_CONFIG"
@@ -67,7 +67,23 @@ class Settings(BaseSettings):
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(1024, gt=0)
-    judge_temperature: float = Field(0.1, ge=0.0)
+    judge_temperature: float = Field(
+        0.01, ge=0.0, description="First ask of every judge step: near-deterministic.")
+    judge_retry_temperature: float = Field(
+        0.95, ge=0.0, description="Re-asks after a reply that breaks the output protocol.")
+    judge_attempts: int = Field(
+        5, ge=1, description="Tries per judge step (first included); then a failed score.")
+    judge_max_tokens: int = Field(1024, gt=0, description="Reply room of a judge step.")
+    judge_statements_max_tokens: int = Field(
+        2048, gt=0, description="Reply room of statement listing (it repeats the answer).")
+    judge_max_tokens_limit: int = Field(
+        4096, gt=0, description="A reply cut off at max_tokens is re-asked with twice the "
+        "room, up to this.")
+    no_statements: Literal["exclude", "full"] = Field(
+        "exclude", description="An answer the judge finds no factual statement in: 'exclude' "
+        "(as published: no faithfulness score, so no reward and no pair) or 'full' (10).")
+    pair_min_answers: int = Field(
+        5, ge=2, description="Rewarded answers a prompt needs to be paired (as published: 5).")
     chunk_tokens: int = Field(4096, gt=0, description="Completeness extraction chunk size.")
     segment_tokens: int = Field(128, gt=0, description="Faithfulness retrieval segment size.")
     top_k_segments: int = Field(5, gt=0)
@@ -91,6 +107,14 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/") if value not in ("/", "") else value
+
+    @model_validator(mode="after")
+    def _pairs_possible(self) -> Settings:
+        if self.pair_min_answers > self.samples_per_prompt:
+            raise ValueError(
+                f"pair_min_answers ({self.pair_min_answers}) exceeds samples_per_prompt "
+                f"({self.samples_per_prompt}): no prompt could ever be paired")
+        return self
 
     @property
     def catalog_path(self) -> str:

@@ -79,16 +79,21 @@ class Lake:
         return self.table(name, version).file_uris()
 
     def dataset(self, name: str, version: int | None = None) -> pads.Dataset:
-        """A pyarrow dataset of the table's live files, in their physical (view) types.
+        """A pyarrow dataset of the table's live files in the declared schema.
 
-        delta-rs writes strings as ``string_view``, for which pyarrow has no comparison kernels
-        (apache/arrow#49368): filter with :meth:`read`, which casts first, not with a scanner.
+        delta-rs writes strings as ``string_view``; the scan casts them to the declared types
+        (pyarrow has no comparison kernels for views, apache/arrow#49368). Files written before
+        a column was added read it as NULL.
         """
-        fs, _ = storage.filesystem(self.root)
-        paths = [storage.filesystem(uri)[1] for uri in self.files(name, version)]
+        return self._files_dataset(name, self.files(name, version))
+
+    def _files_dataset(self, name: str, uris: list[str]) -> pads.Dataset:
+        schema = self.spec(name).schema
+        paths = [storage.filesystem(uri)[1] for uri in uris]
         if not paths:
-            return pads.dataset(self.spec(name).schema.empty_table())
-        return pads.dataset(paths, format="parquet", filesystem=fs)
+            return pads.dataset(schema.empty_table())
+        return pads.dataset(paths, format="parquet", schema=schema,
+                            filesystem=storage.filesystem(self.root)[0])
 
     def read(self, name: str, version: int | None = None, columns: list[str] | None = None,
              filter: pc.Expression | None = None) -> pa.Table:
@@ -109,12 +114,8 @@ class Lake:
         if cached and cached[0] == version:
             return cached[1]
         keys = list(self.spec(name).keys)
-        paths = [storage.filesystem(uri)[1] for uri in dt.file_uris()]
-        found: set[tuple] = set()
-        if paths:
-            table = pads.dataset(paths, format="parquet",
-                                 filesystem=storage.filesystem(self.root)[0]).to_table(columns=keys)
-            found = set(zip(*(table.column(k).to_pylist() for k in keys), strict=True))
+        table = self._files_dataset(name, dt.file_uris()).to_table(columns=keys)
+        found = set(zip(*(table.column(k).to_pylist() for k in keys), strict=True))
         self._keys[name] = (version, found)
         return found
 
@@ -140,7 +141,9 @@ class Lake:
         if not new:
             return 0
         version = self._keys[name][0]
-        write_deltalake(self.uri(name), table.take(new), mode="append",
+        # schema_mode="merge": a column added to the spec since the table was made is added
+        # to the table by this commit (an append-only migration); old files read it as NULL
+        write_deltalake(self.uri(name), table.take(new), mode="append", schema_mode="merge",
                         storage_options=self._options())
         if self.ensure(name).version() == version + 1:  # nobody else committed in between
             self._keys[name] = (version + 1, existing | {batch_keys[i] for i in new})

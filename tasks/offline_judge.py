@@ -31,6 +31,7 @@ import numpy as np
 
 from tasks.embeddings import Embedder, LocalEmbedder
 from tasks.llm.client import ChatResult
+from tasks.score.judge import step_of
 
 MODEL = "offline-judge"
 STOPWORDS = frozenset((  # noqa: SIM905 - a word list reads best as prose
@@ -48,6 +49,10 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _NEGATION = re.compile(r"\b(did not|does not|was not|were not|never|no change|not at all|"
                        r"did not change|nothing|contrary|opposite|false)\b", re.I)
 _CONTRAST = re.compile(r"^(however|but|yet|in fact|actually)\b", re.I)
+_POINT = re.compile(r"^\d+\.\s+(.*)$", re.M)
+_ABSENCE = re.compile(r"\b(does not|doesn't|do not|did not) (say|state|mention|contain|give|"
+                      r"include)|\bno (information|mention|details?)\b|\bnot (mentioned|stated|"
+                      r"given)\b", re.I)
 _FUNCTIONAL = re.compile(r"^(here (is|are)|in summary|to summari[sz]e|overall,? here|i hope|"
                          r"let me|the following|below (is|are))\b", re.I)
 
@@ -99,18 +104,19 @@ class OfflineJudge:
                    max_tokens: int = 1024, attempt: int = 0, **_: object) -> ChatResult:
         started = time.perf_counter()
         self.calls += 1
-        system, user = messages[0]["content"], messages[-1]["content"]
-        title = system.splitlines()[0].lstrip("# ").strip().lower()
+        user = messages[-1]["content"]
+        step = step_of(messages)
         handler = {
-            "rating helpfulness": self._helpfulness,
-            "rating logicality": self._logicality,
-            "listing factual statements": self._statements,
-            "grading support for a statement": self._support,
-            "extracting information relevant to a question": self._extraction,
-            "rating completeness": self._coverage,
-        }.get(title)
+            "helpfulness": self._helpfulness,
+            "logicality": self._logicality,
+            "faithfulness_statements": self._statements,
+            "faithfulness_support": self._support,
+            "completeness_extract": self._extraction,
+            "completeness_coverage": self._coverage,
+        }.get(step or "")
         if handler is None:
-            raise ValueError(f"the offline judge does not know the task {title!r}")
+            raise ValueError("the offline judge does not know the task of "
+                             f"{str(messages[0].get('content'))[:60]!r}")
         text = await handler(user)
         return ChatResult(text, "stop", None, None, (time.perf_counter() - started) * 1000,
                           False, "")
@@ -177,9 +183,11 @@ class OfflineJudge:
         return "\n".join(f"{i}. {s}" for i, s in enumerate(relevant, start=1))
 
     async def _coverage(self, user: str) -> str:
-        points = [line[2:] for line in (_section(user, "key_points") or "").splitlines()
-                  if line.startswith("- ")]
+        points = [m.group(1) for m in _POINT.finditer(_section(user, "key_points") or "")]
         answer = _section(user, "answer") or ""
+        if not points:  # the document holds nothing relevant: does the answer say so?
+            score = 9.0 if _ABSENCE.search(answer) else 3.0
+            return f"No part holds relevant information.\n[[{score:.1f}]]"
         a_words = content_words(answer) | {n.lower() for n in numbers(answer)}
         marks = []
         for point in points:

@@ -22,7 +22,7 @@ from tasks.sample.layout import build_messages
 
 @dataclass(frozen=True)
 class PairRule:
-    min_answers: int = 2
+    min_answers: int = 5   # as published: a prompt needs 5 scored answers
     min_margin: float = 0.0
     ties: Literal["first", "skip"] = "first"   # "first": lowest sample index wins a tie
 

@@ -40,7 +40,16 @@ def score_options(settings: Settings) -> ScoreOptions:
         tokenizer=settings.tokenizer, chunk_tokens=settings.chunk_tokens,
         segment_tokens=settings.segment_tokens, top_k=settings.top_k_segments,
         prompts_in_flight=max(1, settings.judge_concurrency // 4),
-        judge=JudgeOptions(temperature=settings.judge_temperature))
+        judge=judge_options(settings))
+
+
+def judge_options(settings: Settings) -> JudgeOptions:
+    return JudgeOptions(
+        temperature=settings.judge_temperature,
+        retry_temperature=settings.judge_retry_temperature, attempts=settings.judge_attempts,
+        max_tokens=settings.judge_max_tokens,
+        statements_max_tokens=settings.judge_statements_max_tokens,
+        max_tokens_limit=settings.judge_max_tokens_limit, no_statements=settings.no_statements)
 
 
 def stage_ingest(settings: Settings, run_id: str,
@@ -120,7 +129,8 @@ def stage_score(settings: Settings, run_id: str,
 
 
 def stage_pair(settings: Settings, run_id: str, rule: PairRule | None = None) -> tuple[int, int]:
-    return run_pairing(Lake(settings.lake), rule or PairRule(), run_id)
+    rule = rule or PairRule(min_answers=settings.pair_min_answers)
+    return run_pairing(Lake(settings.lake), rule, run_id)
 
 
 def stage_publish(settings: Settings, run_id: str,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from tasks import catalog, storage
 from tasks.lake import Lake
+from tasks.schemas import DIMENSIONS
 
-DIMENSIONS = ("helpfulness", "logicality", "faithfulness", "completeness")
 TOP = 5
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
+# The four LongReward dimensions: the values of judgments.dimension.
+DIMENSIONS = ("helpfulness", "logicality", "faithfulness", "completeness")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ JUDGMENTS = _spec(
     f("latency_ms", pa.float64()),
     f("run_id", pa.string(), nullable=False),
     f("created_at", TS, nullable=False),
+    f("judge_calls", pa.int64()),   # calls behind this judgment, re-asks included
+    f("reasks", pa.int64()),        # calls made again after a protocol break
 )
 
 STATEMENTS = _spec(
@@ -112,7 +116,9 @@ STATEMENTS = _spec(
 )
 
 KEY_POINTS = _spec(
-    "key_points", ("prompt_id", "chunk_index"), "query-relevant information per 4096-token chunk",
+    "key_points", ("prompt_id", "extraction_key", "chunk_index"),
+    "query-relevant information per 4096-token chunk, under the extraction key it depends on "
+    "(prompt, chunk size, tokenizer, judge model, extraction prompt)",
     f("prompt_id", pa.string(), nullable=False),
     f("chunk_index", pa.int32(), nullable=False),
     f("chunk_start", pa.int64()),
@@ -121,6 +127,9 @@ KEY_POINTS = _spec(
     f("status", pa.string(), nullable=False),
     f("judge_model", pa.string(), nullable=False),
     f("run_id", pa.string(), nullable=False),
+    f("extraction_key", pa.string()),  # NULL on rows from before it existed: never reused
+    f("tokenizer", pa.string()),
+    f("chunk_tokens", pa.int64()),
 )
 
 LLM_CALLS = _spec(
@@ -137,6 +146,11 @@ LLM_CALLS = _spec(
     f("status", pa.string()),
     f("run_id", pa.string(), nullable=False),
     f("created_at", TS, nullable=False),
+    f("purpose", pa.string()),          # the judge step (or sampling) the call served
+    f("attempt", pa.int32()),           # 0 = first ask; >0 = re-ask after a protocol break
+    f("temperature", pa.float64()),
+    f("max_tokens", pa.int64()),
+    f("finish_reason", pa.string()),    # "length" = cut off at max_tokens
 )
 
 PAIRS = _spec(

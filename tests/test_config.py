@@ -15,8 +15,8 @@ def test_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("LONGREWARD_SAMPLES_PER_PROMPT", "8")
     s = load_settings(cfg, samples_per_prompt=None, lake=None)
     assert (s.lake, s.source, s.samples_per_prompt) == ("/from/file", "s3://b/env", 8)
-    s = load_settings(cfg, samples_per_prompt=4, lake="/flag")
-    assert (s.lake, s.samples_per_prompt) == ("/flag", 4)
+    s = load_settings(cfg, samples_per_prompt=7, lake="/flag")
+    assert (s.lake, s.samples_per_prompt) == ("/flag", 7)
     assert s.catalog_path == "/flag/catalog.duckdb"
 
 
@@ -30,5 +30,8 @@ def test_config_hash_ignores_where_and_tracks_what(monkeypatch):
 def test_bad_values_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="samples_per_prompt"):
         load_settings(None, samples_per_prompt=0)
+    with pytest.raises(ValueError, match="no prompt could ever be paired"):
+        load_settings(None, samples_per_prompt=4)  # pairing needs 5 scored answers
+    assert load_settings(None, samples_per_prompt=4, pair_min_answers=4).pair_min_answers == 4
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_settings(tmp_path / "nope.toml")

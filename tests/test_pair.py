@@ -12,8 +12,15 @@ def c(index: int, reward: float | None) -> Candidate:
 
 
 def test_best_is_chosen_and_worst_is_rejected():
-    d = choose_pair([c(0, 5.0), c(1, 9.5), c(2, 1.25), c(3, None)], PairRule())
+    d = choose_pair([c(0, 5.0), c(1, 9.5), c(2, 1.25), c(3, None)], PairRule(min_answers=3))
     assert (d.chosen.response_id, d.rejected.response_id, d.margin) == ("r1", "r2", 8.25)
+
+
+def test_five_rewarded_answers_are_needed_by_default_as_published():
+    four = [c(0, 9.0), c(1, 2.0), c(2, 5.0), c(3, 6.0), c(4, None)]
+    assert choose_pair(four, PairRule()).skip_reason == \
+        "only 4 rewarded answers (need 5; 1 without reward)"
+    assert choose_pair(four + [c(5, 1.0)], PairRule()).rejected.response_id == "r5"
 
 
 def test_answers_without_reward_take_no_part():
@@ -24,16 +31,16 @@ def test_answers_without_reward_take_no_part():
 
 def test_ties_first_wins_or_skip():
     answers = [c(0, 8.0), c(1, 8.0), c(2, 3.0)]
-    assert choose_pair(answers, PairRule()).chosen.response_id == "r0"
-    skipped = choose_pair(answers, PairRule(ties="skip"))
+    assert choose_pair(answers, PairRule(min_answers=3)).chosen.response_id == "r0"
+    skipped = choose_pair(answers, PairRule(min_answers=3, ties="skip"))
     assert skipped.chosen is None and skipped.skip_reason.startswith("tie")
-    same = choose_pair([c(0, 4.0), c(1, 4.0)], PairRule())
+    same = choose_pair([c(0, 4.0), c(1, 4.0)], PairRule(min_answers=2))
     assert "same reward" in same.skip_reason
 
 
 def test_minimum_margin_and_answers():
     assert "below the minimum" in choose_pair([c(0, 5.0), c(1, 5.5)],
-                                              PairRule(min_margin=1.0)).skip_reason
+                                              PairRule(2, min_margin=1.0)).skip_reason
     assert "need 3" in choose_pair([c(0, 1.0), c(1, 2.0)], PairRule(min_answers=3)).skip_reason
 
 

@@ -39,6 +39,19 @@ ROLES = ("judge", "policy", "embeddings")
 
 
 @dataclass(frozen=True)
+class CallInfo:
+    """What one request is, as its ``llm_calls`` rows record it."""
+
+    key: str                       # request hash (the cache key)
+    role: str
+    model: str
+    purpose: str | None = None     # the judge step, or what else the call served
+    attempt: int | None = None     # re-ask number after a protocol break
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class ChatResult:
     """One answer. ``latency_ms`` is this call's wall time (retries included; ~0 if cached)."""
 
@@ -139,25 +152,28 @@ class LLMClient:
 
     async def chat(self, messages: Sequence[Message], *, temperature: float, top_p: float,
                    max_tokens: int, seed: int | None = None, sample_index: int | None = None,
-                   attempt: int = 0, extra: Mapping[str, Any] | None = None) -> ChatResult:
+                   attempt: int = 0, extra: Mapping[str, Any] | None = None,
+                   purpose: str | None = None) -> ChatResult:
         """One chat completion, from the cache when this exact request has been answered.
 
         ``sample_index`` keeps K samples of one prompt apart (hashed, not sent). ``attempt`` is
         for a caller re-asking after a protocol break: a new attempt is a new cache key, so the
         broken answer is not served again, yet a rerun replays both answers without calling.
-        ``extra`` is sent as extra JSON body fields (and hashed).
+        ``extra`` is sent as extra JSON body fields (and hashed). ``purpose`` only labels the
+        ``llm_calls`` row (not hashed, not sent).
         """
         messages = [dict(m) for m in messages]
         params = {"endpoint": "chat", "temperature": temperature, "top_p": top_p,
                   "max_tokens": max_tokens, "seed": seed, "sample_index": sample_index,
                   "attempt": attempt or None, "n": 1, "extra": dict(extra) if extra else None}
-        key = request_hash(self.model, messages, params)
+        call = CallInfo(request_hash(self.model, messages, params), self.role, self.model,
+                        purpose, attempt, temperature, max_tokens)
         result, shared = await self._single_flight(
-            key, lambda: self._chat(key, messages, temperature, top_p, max_tokens, seed, extra))
+            call.key, lambda: self._chat(call, messages, top_p, seed, extra))
         if shared:
             result = replace(result, cached=True, latency_ms=0.0)
-            self._record(key, self.role, self.model, result.tokens_in, result.tokens_out, 0.0,
-                         cached=True, status="ok")
+            self._record(call, result.tokens_in, result.tokens_out, 0.0, cached=True,
+                         status="ok", finish_reason=result.finish_reason)
         return result
 
     async def _single_flight(self, key: str, make: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
@@ -185,9 +201,9 @@ class LLMClient:
         finally:
             self._inflight.pop(slot, None)
 
-    async def _chat(self, key: str, messages: list[dict[str, Any]], temperature: float,
-                    top_p: float, max_tokens: int, seed: int | None,
-                    extra: Mapping[str, Any] | None) -> ChatResult:
+    async def _chat(self, call: CallInfo, messages: list[dict[str, Any]], top_p: float,
+                    seed: int | None, extra: Mapping[str, Any] | None) -> ChatResult:
+        key = call.key
         started = time.perf_counter()
         hit = await self.cache.aget(key) if self.cache is not None else None
         if hit is not None:
@@ -195,34 +211,34 @@ class LLMClient:
             usage = hit.get("usage") or {}
             result = ChatResult(hit["text"], hit.get("finish_reason"), usage.get("prompt_tokens"),
                                 usage.get("completion_tokens"), _ms(started), True, key)
-            self._record(key, self.role, self.model, result.tokens_in, result.tokens_out,
-                         result.latency_ms, cached=True, status="ok")
+            self._record(call, result.tokens_in, result.tokens_out, result.latency_ms,
+                         cached=True, status="ok", finish_reason=result.finish_reason)
             return result
 
         body: dict[str, Any] = {"model": self.model, "messages": messages,
-                                "temperature": temperature, "top_p": top_p,
-                                "max_tokens": max_tokens}
+                                "temperature": call.temperature, "top_p": top_p,
+                                "max_tokens": call.max_tokens}
         if seed is not None:
             body["seed"] = seed
         if extra:
             body["extra_body"] = dict(extra)
-        resp, attempts = await self._call(key, self.role, self.model, started,
+        resp, attempts = await self._call(call, started,
                                           lambda client: client.chat.completions.create(**body))
         if not resp.choices:
-            raise self._fail(key, self.role, self.model, started, "bad_response",
-                             "response has no choices", attempts=attempts)
+            raise self._fail(call, started, "bad_response", "response has no choices",
+                             attempts=attempts)
         choice = resp.choices[0]
         usage = resp.usage
         tokens_in = usage.prompt_tokens if usage else None
         tokens_out = usage.completion_tokens if usage else None
         result = ChatResult(choice.message.content or "", choice.finish_reason, tokens_in,
                             tokens_out, _ms(started), False, key)
-        await self._store(key, self.role, self.model, {
+        await self._store(call, {
             "text": result.text, "finish_reason": result.finish_reason,
             "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out},
             "latency_ms": result.latency_ms})
-        self._record(key, self.role, self.model, tokens_in, tokens_out, result.latency_ms,
-                     cached=False, status="ok")
+        self._record(call, tokens_in, tokens_out, result.latency_ms, cached=False, status="ok",
+                     finish_reason=result.finish_reason)
         return result
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None) -> list[list[float]]:
@@ -268,27 +284,26 @@ class LLMClient:
         return vectors
 
     async def _embed_batch(self, texts: list[str], model: str) -> list[list[float]]:
-        key = request_hash(model, texts, {"endpoint": "embeddings"})
+        call = CallInfo(request_hash(model, texts, {"endpoint": "embeddings"}), "embeddings",
+                        model, purpose="embeddings")
         started = time.perf_counter()
-        hit = await self.cache.aget(key) if self.cache is not None else None
+        hit = await self.cache.aget(call.key) if self.cache is not None else None
         if hit is not None:
             self.cache_hits += 1
-            self._record(key, "embeddings", model, hit.get("prompt_tokens"), None, _ms(started),
-                         cached=True, status="ok")
+            self._record(call, hit.get("prompt_tokens"), None, _ms(started), cached=True,
+                         status="ok")
             return hit["embeddings"]
         # float, not the package's default base64: every OpenAI-compatible server speaks it
-        resp, attempts = await self._call(key, "embeddings", model, started,
+        resp, attempts = await self._call(call, started,
                                           lambda client: client.embeddings.create(
                                               model=model, input=texts, encoding_format="float"))
         vectors = [list(item.embedding) for item in sorted(resp.data, key=lambda d: d.index)]
         if len(vectors) != len(texts):
-            raise self._fail(key, "embeddings", model, started, "bad_response",
+            raise self._fail(call, started, "bad_response",
                              f"{len(vectors)} vectors for {len(texts)} texts", attempts=attempts)
         tokens_in = resp.usage.prompt_tokens if resp.usage else None
-        await self._store(key, "embeddings", model,
-                          {"embeddings": vectors, "prompt_tokens": tokens_in})
-        self._record(key, "embeddings", model, tokens_in, None, _ms(started), cached=False,
-                     status="ok")
+        await self._store(call, {"embeddings": vectors, "prompt_tokens": tokens_in})
+        self._record(call, tokens_in, None, _ms(started), cached=False, status="ok")
         return vectors
 
     def _bind(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
@@ -303,7 +318,7 @@ class LLMClient:
                                               timeout=self.timeout_s, max_retries=0)
         return self._openai, self._sem
 
-    async def _call(self, key: str, role: str, model: str, started: float,
+    async def _call(self, call: CallInfo, started: float,
                     send: Callable[[openai.AsyncOpenAI], Awaitable[T]]) -> tuple[T, int]:
         """Send with bounded concurrency, timeout and retries; returns (response, attempts)."""
         self.calls_made += 1
@@ -315,12 +330,12 @@ class LLMClient:
             except (openai.APIError, TimeoutError) as exc:
                 kind, status, retry_after = classify(exc)
                 if kind not in RETRYABLE_KINDS or attempt == self.max_retries:
-                    raise self._fail(key, role, model, started, kind, reason_of(exc),
+                    raise self._fail(call, started, kind, reason_of(exc),
                                      attempts=attempt + 1, status_code=status) from exc
                 delay = self._delay(attempt, retry_after)
                 self.retries += 1
-                log.warning("%s call %s: %s (attempt %d/%d), retrying in %.2fs", role, key[:12],
-                            kind, attempt + 1, self.max_retries + 1, delay)
+                log.warning("%s call %s: %s (attempt %d/%d), retrying in %.2fs", call.role,
+                            call.key[:12], kind, attempt + 1, self.max_retries + 1, delay)
                 await asyncio.sleep(delay)  # outside the semaphore: waiting holds no slot
         raise AssertionError("unreachable")
 
@@ -333,24 +348,24 @@ class LLMClient:
         backoff = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt)
         return self._rng.uniform(backoff / 2, backoff)
 
-    async def _store(self, key: str, role: str, model: str, response: dict[str, Any]) -> None:
+    async def _store(self, call: CallInfo, response: dict[str, Any]) -> None:
         if self.cache is None:
             return
         try:
-            await self.cache.aput(key, role=role, model=model, response=response)
+            await self.cache.aput(call.key, role=call.role, model=call.model, response=response)
         except Exception:  # the answer is paid for and still useful: report, do not fail
-            log.exception("could not write call %s to the cache %s", key[:12], self.cache)
+            log.exception("could not write call %s to the cache %s", call.key[:12], self.cache)
 
-    def _fail(self, key: str, role: str, model: str, started: float, kind: str, reason: str,
-              *, attempts: int, status_code: int | None = None) -> LLMCallError:
+    def _fail(self, call: CallInfo, started: float, kind: str, reason: str, *, attempts: int,
+              status_code: int | None = None) -> LLMCallError:
         self.failures += 1
-        self._record(key, role, model, None, None, _ms(started), cached=False,
-                     status=f"error:{kind}")
-        return LLMCallError(reason, kind=kind, attempts=attempts, request_hash=key,
+        self._record(call, None, None, _ms(started), cached=False, status=f"error:{kind}")
+        return LLMCallError(reason, kind=kind, attempts=attempts, request_hash=call.key,
                             status_code=status_code)
 
-    def _record(self, key: str, role: str, model: str, tokens_in: int | None,
-                tokens_out: int | None, latency_ms: float, *, cached: bool, status: str) -> None:
+    def _record(self, call: CallInfo, tokens_in: int | None, tokens_out: int | None,
+                latency_ms: float, *, cached: bool, status: str,
+                finish_reason: str | None = None) -> None:
         cost = None
         if not cached and (tokens_in is not None or tokens_out is not None):
             cost = ((tokens_in or 0) * self.cost_per_mtok_in
@@ -358,10 +373,12 @@ class LLMClient:
         elif cached:
             cost = 0.0  # a cache hit costs nothing
         self.call_log.append({
-            "call_id": uuid.uuid4().hex, "request_hash": key, "role": role, "model": model,
-            "tokens_in": tokens_in, "tokens_out": tokens_out, "latency_ms": latency_ms,
-            "cost_usd": cost, "cached": cached, "status": status, "run_id": self.run_id,
-            "created_at": datetime.now(UTC),
+            "call_id": uuid.uuid4().hex, "request_hash": call.key, "role": call.role,
+            "model": call.model, "tokens_in": tokens_in, "tokens_out": tokens_out,
+            "latency_ms": latency_ms, "cost_usd": cost, "cached": cached, "status": status,
+            "run_id": self.run_id, "created_at": datetime.now(UTC), "purpose": call.purpose,
+            "attempt": call.attempt, "temperature": call.temperature,
+            "max_tokens": call.max_tokens, "finish_reason": finish_reason,
         })
 
 

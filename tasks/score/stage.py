@@ -23,10 +23,16 @@ from tasks.chunking import chunk_by_tokens
 from tasks.embeddings import Embedder
 from tasks.lake import Lake
 from tasks.retrieval import SegmentIndex
-from tasks.score.completeness import KeyPoints, extract_key_points, score_completeness
+from tasks.schemas import DIMENSIONS
+from tasks.score.completeness import (
+    KeyPoints,
+    extract_key_points,
+    extraction_key,
+    score_completeness,
+)
 from tasks.score.faithfulness import score_faithfulness
 from tasks.score.helpfulness import score_helpfulness
-from tasks.score.judge import DIMENSIONS, Judge, JudgeOptions, Judgment, Usage
+from tasks.score.judge import Judge, JudgeOptions, Judgment, Usage
 from tasks.score.logicality import score_logicality
 from tasks.tokens import load_tokenizer
 
@@ -74,10 +80,18 @@ class PromptScores:
     extraction_calls: int
 
 
+def key_points_key(prompt_id: str, options: ScoreOptions, judge: Judge) -> str:
+    return extraction_key(prompt_id, tokenizer=options.tokenizer,
+                          chunk_tokens=options.chunk_tokens, judge_model=judge.model)
+
+
 async def score_prompt(judge: Judge, embedder: Embedder, prompt: dict, responses: list[dict],
                        options: ScoreOptions, run_id: str,
                        known_key_points: list[KeyPoints] | None = None) -> PromptScores:
-    """Score the given responses of one prompt on all four dimensions."""
+    """Score the given responses of one prompt on all four dimensions.
+
+    ``known_key_points`` must have been extracted under this prompt's :func:`key_points_key`.
+    """
     tokenizer = load_tokenizer(options.tokenizer)
     context, query = prompt["context"], prompt["query"]
     extraction_usage = Usage()
@@ -114,9 +128,7 @@ async def score_prompt(judge: Judge, embedder: Embedder, prompt: dict, responses
     scores = PromptScores([], [], [], extraction_usage, extraction_usage.calls)
     for response, judgments in zip(responses, results, strict=True):
         for j in judgments:
-            scores.usage.tokens_in += j.usage.tokens_in
-            scores.usage.tokens_out += j.usage.tokens_out
-            scores.usage.calls += j.usage.calls
+            scores.usage.merge(j.usage)
             scores.judgments.append(_judgment_row(response, j, run_id, now))
             for s in j.details.get("statements", []):
                 scores.statements.append({
@@ -125,11 +137,14 @@ async def score_prompt(judge: Judge, embedder: Embedder, prompt: dict, responses
                     "evidence_chunk_ids": s.evidence_chunk_ids, "run_id": run_id})
     if known_key_points is None and all(kp.items is not None for kp in key_points):
         # Only complete extractions are stored: a partial one is redone (cheaply) next run.
+        key = key_points_key(prompt["prompt_id"], options, judge)
         scores.key_points = [{
-            "prompt_id": prompt["prompt_id"], "chunk_index": kp.chunk_index,
-            "chunk_start": kp.start, "chunk_end": kp.end, "information": "\n".join(kp.items),
+            "prompt_id": prompt["prompt_id"], "extraction_key": key,
+            "chunk_index": kp.chunk_index, "chunk_start": kp.start, "chunk_end": kp.end,
+            "information": "\n".join(kp.items),
             "status": "ok" if kp.items else "no_relevant_information",
-            "judge_model": judge.model, "run_id": run_id} for kp in key_points]
+            "judge_model": judge.model, "tokenizer": options.tokenizer,
+            "chunk_tokens": options.chunk_tokens, "run_id": run_id} for kp in key_points]
     return scores
 
 
@@ -139,19 +154,26 @@ def _judgment_row(response: dict, j: Judgment, run_id: str, now: datetime) -> di
             "rationale": j.rationale, "raw": j.raw, "judge_model": j.judge_model,
             "prompt_version": j.prompt_version, "tokens_in": j.usage.tokens_in,
             "tokens_out": j.usage.tokens_out, "latency_ms": j.usage.latency_ms,
+            "judge_calls": j.usage.calls, "reasks": j.usage.reasks,
             "run_id": run_id, "created_at": now}
 
 
-def stored_key_points(lake: Lake, prompt_ids: list[str]) -> dict[str, list[KeyPoints]]:
-    rows = lake.read("key_points", filter=pc.field("prompt_id").isin(prompt_ids)).to_pylist()
+def stored_key_points(lake: Lake, keys: dict[str, str]) -> dict[str, list[KeyPoints]]:
+    """The key points stored for each prompt under its extraction key (``{prompt_id: key}``);
+    rows under any other key (another chunk size, tokenizer, judge or prompt) are ignored."""
+    rows = lake.read("key_points", filter=pc.field("prompt_id").isin(list(keys))).to_pylist()
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        by_prompt[row["prompt_id"]].append(row)
-    return {
-        pid: [KeyPoints(r["chunk_index"], len(group), r["chunk_start"], r["chunk_end"],
-                        [i for i in (r["information"] or "").split("\n") if i])
-              for r in sorted(group, key=lambda r: r["chunk_index"])]
-        for pid, group in by_prompt.items()}
+        if row["extraction_key"] == keys[row["prompt_id"]]:
+            by_prompt[row["prompt_id"]].append(row)
+    stored = {}
+    for pid, group in by_prompt.items():
+        group.sort(key=lambda r: r["chunk_index"])
+        total = group[-1]["chunk_end"]
+        stored[pid] = [KeyPoints(r["chunk_index"], len(group), r["chunk_start"], r["chunk_end"],
+                                 total, [i for i in (r["information"] or "").split("\n") if i])
+                       for r in group]
+    return stored
 
 
 def pending_work(lake: Lake, prompt_ids: list[str] | None = None,
@@ -187,7 +209,7 @@ async def score_pending(lake: Lake, judge: Judge, embedder: Embedder, options: S
     prompt_rows = {r["prompt_id"]: r for r in lake.read(
         "prompts", columns=["prompt_id", "context", "query"],
         filter=pc.field("prompt_id").isin(list(todo))).to_pylist()}
-    known = stored_key_points(lake, list(todo))
+    known = stored_key_points(lake, {pid: key_points_key(pid, options, judge) for pid in todo})
     pending: list[PromptScores] = []
     gate = asyncio.Semaphore(options.prompts_in_flight)
 

@@ -66,7 +66,7 @@ def test_flow_end_to_end_then_a_rerun_does_nothing_new(prefect_api, s3_endpoint,
     src = _demo_source(3)
     lake = str(tmp_path / "lake")
     first = nightly_refresh(lake=lake, source=src, batch_prompts=2,
-                            overrides={"samples_per_prompt": 4})
+                            overrides={"samples_per_prompt": 4, "pair_min_answers": 4})
     assert first["ingest"]["prompts"] == 3
     assert sum(b["responses"] for b in first["sample"]) == 12
     assert sum(b["ok"] for b in first["score"]) == 48
@@ -76,7 +76,7 @@ def test_flow_end_to_end_then_a_rerun_does_nothing_new(prefect_api, s3_endpoint,
     assert Path(lake, "reports", first["run_id"], "reward.png").is_file()
     before = _counts(Lake(lake))
     second = nightly_refresh(lake=lake, source=src, batch_prompts=2,
-                             overrides={"samples_per_prompt": 4})
+                             overrides={"samples_per_prompt": 4, "pair_min_answers": 4})
     assert second["ingest"]["prompts"] == 0 and second["sample"] == [] and second["score"] == []
     assert second["publish"] == {**second["publish"], "dataset_version": "v1", "created": False}
     after = _counts(Lake(lake))
@@ -92,7 +92,7 @@ def test_scoring_fans_out_on_a_dask_cluster(prefect_api, s3_endpoint, tmp_path):
                                             "processes": False, "dashboard_address": None})
     out = nightly_refresh.with_options(task_runner=runner)(
         lake=str(tmp_path / "lake"), source=src, batch_prompts=1,
-        overrides={"samples_per_prompt": 3})
+        overrides={"samples_per_prompt": 3, "pair_min_answers": 3})
     assert len(out["score"]) == 2 and sum(b["ok"] for b in out["score"]) == 2 * 3 * 4
     assert out["publish"]["dataset_version"] == "v1"
 
@@ -102,6 +102,7 @@ def _flow_env(prefect_api: str, judge: FakeOpenAI) -> dict[str, str]:
             "LONGREWARD_JUDGE_BASE_URL": judge.url, "LONGREWARD_JUDGE_MODEL": "scripted",
             "LONGREWARD_EMBEDDINGS_BASE_URL": judge.url,
             "LONGREWARD_EMBEDDINGS_MODEL": "scripted-embed", "LONGREWARD_SAMPLES_PER_PROMPT": "4",
+            "LONGREWARD_PAIR_MIN_ANSWERS": "4",
             "LONGREWARD_JUDGE_CONCURRENCY": "4"}
 
 

@@ -15,6 +15,7 @@ from tasks.retrieval import SegmentIndex
 from tasks.score.completeness import extract_key_points, score_completeness
 from tasks.score.faithfulness import score_faithfulness
 from tasks.score.helpfulness import score_helpfulness
+from tasks.score.judge import JudgeOptions
 from tasks.score.logicality import score_logicality
 from tasks.tokens import load_tokenizer
 
@@ -85,5 +86,10 @@ def test_functional_sentences_are_not_statements_and_empty_answers_are_defined(s
     judge, embedder, index, _ = setup
     result = asyncio.run(score_faithfulness(judge, embedder, index, PROMPT.query,
                                             "Here are the reasons: I hope this helps."))
-    assert (result.score, result.status) == (10.0, "no_statements")
+    # as published: no faithfulness score (so no reward, no pair), never a perfect 10
+    assert (result.score, result.status) == (None, "no_statements")
     assert result.judge_model == "offline-judge"
+    full = asyncio.run(score_faithfulness(judge, embedder, index, PROMPT.query,
+                                          "Here are the reasons: I hope this helps.",
+                                          JudgeOptions(no_statements="full")))
+    assert (full.score, full.status) == (10.0, "no_statements")

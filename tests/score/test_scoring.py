@@ -13,7 +13,7 @@ from tasks.embeddings import EndpointEmbedder
 from tasks.lake import Lake
 from tasks.llm.client import LLMClient
 from tasks.pair import PairRule, run_pairing
-from tasks.score.judge import JudgeOptions
+from tasks.score.judge import JudgeOptions, load_prompt, step_of
 from tasks.score.stage import ScoreOptions, score_pending
 from tasks.tokens import load_tokenizer
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -24,7 +24,8 @@ NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
 
 def task_of(request: dict) -> str:
-    return request["messages"][0]["content"].splitlines()[0].lstrip("# ").lower()
+    """The judge step a request asks for (its prompt's English title), in any language."""
+    return load_prompt(step_of(request["messages"]))[0].splitlines()[0].lstrip("# ").lower()
 
 
 def section(request: dict, tag: str) -> str:
@@ -78,7 +79,7 @@ def _score(lake: Lake, server: FakeOpenAI, cache, chunk_tokens: int = 4096, **cl
                           **client_kw)
         embed_client = LLMClient(base_url=server.url, model="embed", role="embeddings",
                                  cache=cache, backoff_base_s=0.01, **client_kw)
-        options = ScoreOptions(chunk_tokens=chunk_tokens, judge=JudgeOptions(protocol_retries=2))
+        options = ScoreOptions(chunk_tokens=chunk_tokens, judge=JudgeOptions(attempts=3))
         report = await score_pending(lake, judge, EndpointEmbedder(embed_client), options, "run")
         await judge.aclose()
         await embed_client.aclose()
@@ -109,7 +110,7 @@ def test_exact_arithmetic_faithfulness_reward_and_pair(tmp_path):
         "SELECT response_id, reward FROM rewards").fetchall())
     assert rewards == {"p-0": (8 + 6 + 6.25 + 4) / 4, "p-1": (9 + 9 + 10 + 9) / 4,
                        "p-2": (2 + 2 + 0 + 2) / 4}
-    assert run_pairing(lake, PairRule(), "run") == (1, 0)
+    assert run_pairing(lake, PairRule(min_answers=3), "run") == (1, 0)
     pair = lake.read("pairs").to_pylist()[0]
     assert (pair["chosen_response_id"], pair["rejected_response_id"]) == ("p-1", "p-2")
     assert pair["margin"] == pytest.approx(9.25 - 1.5)
@@ -129,14 +130,15 @@ def test_unparsable_judge_is_a_failed_score_after_bounded_retries(tmp_path):
                             if "alpha" in section(b, "answer")]
     j = _judgments(lake)[("p-0", "logicality")]
     assert j["score"] is None and j["status"] == "failed"
-    assert "protocol break" in j["error"] and "after 3 attempts" in j["error"]
-    assert len(logicality_calls) == 3                       # 1 + protocol_retries
+    assert "protocol break after 3 attempt(s)" in j["error"]
+    assert len(logicality_calls) == 3 and j["judge_calls"] == 3 and j["reasks"] == 2
     assert j["raw"] == "I think it is quite logical overall."
     from tasks import catalog
     row = catalog.connect(lake).execute(
         "SELECT reward, failure_reason FROM rewards WHERE response_id = 'p-0'").fetchone()
     assert row[0] is None and "logicality" in row[1]
-    assert run_pairing(lake, PairRule(), "run") == (0, 1)  # one rewarded answer is not a pair
+    # one rewarded answer is not a pair
+    assert run_pairing(lake, PairRule(min_answers=2), "run") == (0, 1)
 
 
 def test_rerun_makes_zero_calls_and_extraction_runs_once_per_prompt(tmp_path):
