@@ -69,3 +69,30 @@ def test_sql_over_an_s3_lake(bucket):
     lake.upsert("ingested_objects", _objects("a", "b"))
     rows = catalog.query(lake, "SELECT etag FROM ingested_objects ORDER BY etag").fetchall()
     assert rows == [("a",), ("b",)]
+
+
+def test_a_table_made_before_a_column_was_added_keeps_working(lake):
+    """Columns added to a spec are an append-only migration: old files read them as NULL."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from tasks import catalog
+    from tasks.schemas import KEY_POINTS
+
+    old = pa.schema([f for f in KEY_POINTS.schema
+                     if f.name not in ("extraction_key", "tokenizer", "chunk_tokens")])
+    row = {"prompt_id": "p", "chunk_index": 0, "chunk_start": 0, "chunk_end": 9,
+           "information": "old", "status": "ok", "judge_model": "j", "run_id": "r"}
+    DeltaTable.create(lake.uri("key_points"), old)
+    write_deltalake(lake.uri("key_points"), pa.Table.from_pylist([row], schema=old),
+                    mode="append")
+    assert catalog.connect(lake).execute(
+        "SELECT information, extraction_key FROM key_points").fetchall() == [("old", None)]
+    # the same (prompt, chunk) under an extraction key is a new row, not a duplicate
+    assert lake.upsert("key_points", [{**row, "information": "new", "extraction_key": "k1",
+                                       "tokenizer": "t", "chunk_tokens": 512}]) == 1
+    got = {r["information"]: r["extraction_key"] for r in lake.read("key_points").to_pylist()}
+    assert got == {"old": None, "new": "k1"}
+    con = catalog.connect(lake)
+    assert sorted(con.execute("SELECT information, chunk_tokens FROM key_points").fetchall(),
+                  key=str) == [("new", 512), ("old", None)]
