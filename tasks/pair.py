@@ -8,7 +8,6 @@ in ``pairs``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -113,13 +112,17 @@ def run_pairing(lake: Lake, rule: PairRule, run_id: str) -> tuple[int, int]:
     return paired, len(rows) - paired
 
 
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.large_string())]))
+
+
 def preference_table(lake: Lake, run_id: str,
                      style: Literal["conversational", "plain"] = "conversational",
                      template: str | None = None) -> pa.Table:
     """This run's pairs in TRL's preference format: prompt, chosen, rejected (+ provenance).
 
-    Conversational rows hold message lists as JSON strings (``prompt`` = the user turn the
-    policy saw, ``chosen``/``rejected`` = one assistant turn); plain rows hold text.
+    Conversational rows hold lists of ``{role, content}`` messages, as TRL's ``DPOTrainer``
+    reads them (``prompt`` = the user turn the policy saw, ``chosen``/``rejected`` = one
+    assistant turn each); plain rows hold text.
     """
     con = catalog.connect(lake)
     rows = con.sql("""
@@ -136,19 +139,17 @@ def preference_table(lake: Lake, run_id: str,
     for row in rows:
         messages = build_messages(row.pop("context"), row.pop("query"), template)
         if style == "conversational":
-            prompt = json.dumps(messages, ensure_ascii=False)
-            chosen = json.dumps([{"role": "assistant", "content": row["chosen"]}],
-                                ensure_ascii=False)
-            rejected = json.dumps([{"role": "assistant", "content": row["rejected"]}],
-                                  ensure_ascii=False)
+            prompt = messages
+            chosen = [{"role": "assistant", "content": row["chosen"]}]
+            rejected = [{"role": "assistant", "content": row["rejected"]}]
         else:
             prompt, chosen, rejected = messages[-1]["content"], row["chosen"], row["rejected"]
         out.append({**row, "prompt": prompt, "chosen": chosen, "rejected": rejected,
                     "format": style})
-    schema = pa.schema([("prompt_id", pa.string()), ("prompt", pa.large_string()),
-                        ("chosen", pa.large_string()), ("rejected", pa.large_string()),
-                        ("format", pa.string()), ("chosen_reward", pa.float64()),
-                        ("rejected_reward", pa.float64()), ("margin", pa.float64()),
-                        ("chosen_response_id", pa.string()),
+    text = MESSAGES if style == "conversational" else pa.large_string()
+    schema = pa.schema([("prompt_id", pa.string()), ("prompt", text), ("chosen", text),
+                        ("rejected", text), ("format", pa.string()),
+                        ("chosen_reward", pa.float64()), ("rejected_reward", pa.float64()),
+                        ("margin", pa.float64()), ("chosen_response_id", pa.string()),
                         ("rejected_response_id", pa.string())])
     return pa.Table.from_pylist(out, schema=schema)

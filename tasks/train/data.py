@@ -1,6 +1,7 @@
 """A published preference dataset version as token ids: prompt, chosen answer, rejected answer.
 
-Prompts: a ``conversational`` row's prompt is a JSON list of messages, rendered with the
+Prompts: a ``conversational`` row's prompt is a list of messages (JSON text in versions
+published before lists were stored), rendered with the
 tokenizer's chat template and ``add_generation_prompt=True`` (so it ends by opening the
 assistant turn); a ``plain`` row's prompt is used as is. Both are encoded without special
 tokens: whatever a model needs at the start belongs in its chat template. Answers: the content
@@ -53,20 +54,25 @@ class TruncationStats:
         return asdict(self)
 
 
-def _answer_text(value: str, fmt: str, prompt_id: str) -> str:
+def _messages(value: str | list[dict]) -> list[dict]:
+    """A message list; versions published before lists were stored hold it as JSON text."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _answer_text(value: str | list[dict], fmt: str, prompt_id: str) -> str:
     if fmt == "plain":
         return value
-    messages = json.loads(value)
+    messages = _messages(value)
     if len(messages) != 1 or messages[0].get("role") != "assistant":
         raise ValueError(f"{prompt_id}: an answer must be one assistant message, got {value!r:.80}")
     return messages[0]["content"]
 
 
-def _prompt_text(value: str, fmt: str, tokenizer) -> str:
+def _prompt_text(value: str | list[dict], fmt: str, tokenizer) -> str:
     if fmt == "plain":
         return value
     return tokenizer.apply_chat_template(
-        json.loads(value), add_generation_prompt=True, tokenize=False
+        _messages(value), add_generation_prompt=True, tokenize=False
     )
 
 

@@ -4,10 +4,10 @@ DPO compares the policy with the frozen reference (the base model) on every pair
 side never changes during a run, so it is computed in one no-grad pass (shared-prefix layout:
 each long prompt encoded once for both answers) and stored next to the version's data as
 ``<version folder>/reference_logps.parquet``: one row per pair, keyed by ``prompt_id``, with
-``chosen_logps``, ``rejected_logps``, the token counts and ``ids_sha`` (a digest of the exact
-prompt/chosen/rejected token ids, so a change of tokenizer, template or truncation limits is
-seen). The Parquet metadata (key ``longreward``) names the base model, its content hash, the
-dataset version and the code revision.
+``ref_chosen_logps``, ``ref_rejected_logps`` (the names TRL reads), the token counts and
+``ids_sha`` (a digest of the exact prompt/chosen/rejected token ids, so a change of tokenizer,
+template or truncation limits is seen). The Parquet metadata (key ``longreward``) names the base
+model, its content hash, the dataset version and the code revision.
 
 ``load_or_compute_reference`` reuses the file when the base model hash and every pair's ids
 digest match, and otherwise recomputes and overwrites it (the file is a cache beside the
@@ -131,8 +131,12 @@ def load_reference(
         log.info("reference %s lacks or mismatches %d pairs (e.g. %s); recomputing", uri,
                  len(missing), missing[0])
         return None
-    chosen = torch.tensor([rows[key]["chosen_logps"] for key in keys])
-    rejected = torch.tensor([rows[key]["rejected_logps"] for key in keys])
+    # TRL's column names; references written before we used them say chosen_/rejected_logps
+    old = "ref_chosen_logps" not in table.column_names
+    chosen = torch.tensor([rows[key]["chosen_logps" if old else "ref_chosen_logps"]
+                           for key in keys])
+    rejected = torch.tensor([rows[key]["rejected_logps" if old else "ref_rejected_logps"]
+                             for key in keys])
     return ReferenceLogps(chosen.float(), rejected.float(), uri, True, base_model_hash)
 
 
@@ -141,8 +145,8 @@ def write_reference(
 ) -> None:
     table = pa.table({
         "prompt_id": [p.prompt_id for p in pairs],
-        "chosen_logps": chosen.double().tolist(),
-        "rejected_logps": rejected.double().tolist(),
+        "ref_chosen_logps": chosen.double().tolist(),   # the names TRL's DPOTrainer reads
+        "ref_rejected_logps": rejected.double().tolist(),
         "chosen_tokens": [len(p.chosen_ids) for p in pairs],
         "rejected_tokens": [len(p.rejected_ids) for p in pairs],
         "ids_sha": [ids_sha(p) for p in pairs],
