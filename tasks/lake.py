@@ -19,9 +19,11 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from tasks import storage
+from tasks.leases import Lease, Store
 from tasks.schemas import TABLES, TableSpec
 
 log = logging.getLogger(__name__)
+TABLE_LEASE_S = 60.0  # a writer killed inside a write blocks the table this long at most
 
 
 class Lake:
@@ -123,11 +125,12 @@ class Lake:
         """Append the rows whose key is not in the table yet, in one atomic commit.
 
         Returns how many were inserted. The key check reads only key columns (cached between
-        this process's own commits). A Delta MERGE would also guard against a second writer
-        racing on the same table, but delta-rs scans every target file per merge (time and
-        memory grow with the table: 5 GB RSS after 100 merges into a 1.8 GB prompts table), so
-        each table has one writer at a time: the nightly flow, under its Prefect concurrency
-        limit.
+        this process's own commits). Concurrent writers (flows, CLI stages, workers on other
+        machines) take turns under a lease per table in the lake's store
+        (:mod:`tasks.leases`). A Delta MERGE would also guard against a racing writer, but
+        delta-rs scans every target file per merge (time and memory grow with the table: 5 GB
+        RSS after 100 merges into a 1.8 GB prompts table) and retries a whole merge on
+        conflict; the lease costs two small writes per commit.
         """
         spec = self.spec(name)
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(
@@ -135,18 +138,22 @@ class Lake:
         table = _first_per_key(table.select(spec.schema.names).cast(spec.schema), spec.keys)
         if table.num_rows == 0:
             return 0
-        existing = self.keys(name)
         batch_keys = list(zip(*(table.column(k).to_pylist() for k in spec.keys), strict=True))
-        new = [i for i, key in enumerate(batch_keys) if key not in existing]
-        if not new:
-            return 0
-        version = self._keys[name][0]
-        # schema_mode="merge": a column added to the spec since the table was made is added
-        # to the table by this commit (an append-only migration); old files read it as NULL
-        write_deltalake(self.uri(name), table.take(new), mode="append", schema_mode="merge",
-                        storage_options=self._options())
-        if self.ensure(name).version() == version + 1:  # nobody else committed in between
-            self._keys[name] = (version + 1, existing | {batch_keys[i] for i in new})
+        # One writer per table at a time, whatever process or machine: the key check and the
+        # append happen under the table's lease in the lake's store, so two writers never
+        # both append the same key (Delta appends never conflict with each other).
+        with Lease(Store(self.root), f"table-{name}", ttl_s=TABLE_LEASE_S):
+            existing = self.keys(name)
+            new = [i for i, key in enumerate(batch_keys) if key not in existing]
+            if not new:
+                return 0
+            version = self._keys[name][0]
+            # schema_mode="merge": a column added to the spec since the table was made is
+            # added by this commit (an append-only migration); old files read it as NULL
+            write_deltalake(self.uri(name), table.take(new), mode="append",
+                            schema_mode="merge", storage_options=self._options())
+            if self.ensure(name).version() == version + 1:  # nobody else committed between
+                self._keys[name] = (version + 1, existing | {batch_keys[i] for i in new})
         log.debug("upsert %s: %d new of %d", name, len(new), table.num_rows)
         return len(new)
 

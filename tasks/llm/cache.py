@@ -105,6 +105,15 @@ class CallCache:
                    response: Mapping[str, Any]) -> bool:
         return await asyncio.to_thread(self.put, key, role=role, model=model, response=response)
 
+    async def acquire(self, key: str) -> dict[str, Any] | None:
+        """Before paying for ``key``: another worker's answer if it finishes one meanwhile,
+        else None once this worker may make the call. One process needs no lease (identical
+        calls in flight already share one request), so here it is a plain lookup."""
+        return None
+
+    async def arelease(self, key: str) -> None:
+        """After the call for ``key`` (answered or failed)."""
+
     def __len__(self) -> int:
         with self._lock:
             return self._connection().execute("SELECT count(*) FROM llm_cache").fetchone()[0]
@@ -130,3 +139,81 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute(sql)
         db.execute(f"PRAGMA user_version = {number}")  # an int of ours, not user input
         db.execute("COMMIT")
+
+
+class SharedCallCache(CallCache):
+    """The call cache every worker shares: finished calls as objects in the lake's store.
+
+    The local SQLite file stays as a fast front. A lookup that misses it reads
+    ``<store>/calls/<hash[:2]>/<hash>.json`` (one GET on S3; a 404 for a call nobody made);
+    a stored call is written there once (first answer wins). Before paying, a worker takes a
+    lease on the call (``<store>/leases/call-<hash>``, renewed while the call runs): a second
+    worker asking the same call waits for the first one's answer instead of paying again, and
+    takes over when the holder dies (its lease lapses after ``lease_s``).
+    """
+
+    def __init__(self, path: str | Path, store: str, lease_s: float = 60.0,
+                 poll_s: float = 0.25):
+        super().__init__(path)
+        from tasks.leases import Store
+
+        self.store = Store(store)
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._held: dict[str, tuple[Any, asyncio.Task]] = {}
+
+    def __repr__(self) -> str:
+        return f"SharedCallCache({str(self.path)!r}, {self.store.root!r})"
+
+    @staticmethod
+    def _object(key: str) -> str:
+        return f"calls/{key[:2]}/{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        hit = super().get(key)
+        if hit is not None:
+            return hit
+        raw = self.store.get(self._object(key))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        super().put(key, role=record["role"], model=record["model"], response=record["response"])
+        return record["response"]
+
+    def put(self, key: str, *, role: str, model: str, response: Mapping[str, Any]) -> bool:
+        new = super().put(key, role=role, model=model, response=response)
+        record = {"role": role, "model": model, "response": dict(response),
+                  "created_at": datetime.now(UTC).isoformat()}
+        self.store.create(self._object(key), json.dumps(record, ensure_ascii=False).encode())
+        return new
+
+    async def acquire(self, key: str) -> dict[str, Any] | None:
+        from tasks.leases import Lease
+
+        lease = Lease(self.store, f"call-{key}", ttl_s=self.lease_s)
+        waited = False
+        while not await asyncio.to_thread(lease.try_acquire):
+            waited = True
+            await asyncio.sleep(self.poll_s)
+            hit = await self.aget(key)
+            if hit is not None:
+                return hit
+        if waited:  # the holder finished (or died) between our lookups: check once more
+            hit = await self.aget(key)
+            if hit is not None:
+                await asyncio.to_thread(lease.release)
+                return hit
+        self._held[key] = (lease, asyncio.create_task(self._renew(lease)))
+        return None
+
+    async def _renew(self, lease: Any) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            await asyncio.to_thread(lease.renew)
+
+    async def arelease(self, key: str) -> None:
+        held = self._held.pop(key, None)
+        if held is not None:
+            lease, renewal = held
+            renewal.cancel()
+            await asyncio.to_thread(lease.release)

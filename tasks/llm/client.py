@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 import openai
 
-from tasks.llm.cache import CallCache, request_hash
+from tasks import storage
+from tasks.llm.cache import CallCache, SharedCallCache, request_hash
 from tasks.llm.errors import RETRYABLE_KINDS, LLMCallError, classify, reason_of
 from tasks.runs import new_run_id
 
@@ -71,10 +72,17 @@ def api_key_from_env(role: str) -> str:
 
 
 def default_cache_path(settings: Any) -> Path:
-    """Beside a local lake; in the working directory when the lake is on S3 (SQLite is local)."""
+    """The local front of the call cache: beside a local lake; in the working directory when
+    the lake is on S3 (SQLite is local)."""
     lake = str(settings.lake)
     root = Path(".longreward") if lake.startswith("s3://") else Path(lake)
     return root / "llm_cache.sqlite"
+
+
+def shared_cache(settings: Any) -> SharedCallCache:
+    """The call cache every worker of this lake shares (``<lake>/cache``), local file in front."""
+    return SharedCallCache(default_cache_path(settings), storage.join(str(settings.lake),
+                                                                       "cache"))
 
 
 class LLMClient:
@@ -121,7 +129,7 @@ class LLMClient:
                       **overrides: Any) -> LLMClient:
         """A client for ``role``'s endpoint in :class:`tasks.config.Settings`.
 
-        ``cache=True`` uses :func:`default_cache_path`, ``False`` disables caching.
+        ``cache=True`` uses the lake's :func:`shared_cache`, ``False`` disables caching.
         """
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
@@ -135,7 +143,7 @@ class LLMClient:
             "api_key": api_key_from_env(role),
             "role": role,
             "run_id": run_id,
-            "cache": (default_cache_path(settings) if cache is True
+            "cache": (shared_cache(settings) if cache is True
                       else None if cache is False else cache),
             "concurrency": getattr(settings, f"{role}_concurrency", settings.judge_concurrency),
             "timeout_s": settings.request_timeout_s,
@@ -205,7 +213,7 @@ class LLMClient:
                     seed: int | None, extra: Mapping[str, Any] | None) -> ChatResult:
         key = call.key
         started = time.perf_counter()
-        hit = await self.cache.aget(key) if self.cache is not None else None
+        hit = await self._lookup(key)
         if hit is not None:
             self.cache_hits += 1
             usage = hit.get("usage") or {}
@@ -214,7 +222,26 @@ class LLMClient:
             self._record(call, result.tokens_in, result.tokens_out, result.latency_ms,
                          cached=True, status="ok", finish_reason=result.finish_reason)
             return result
+        try:
+            return await self._paid_chat(call, messages, top_p, seed, extra, started)
+        finally:
+            await self._release(key)
 
+    async def _lookup(self, key: str) -> dict[str, Any] | None:
+        """A finished call from the cache; else, with a shared cache, wait for a call another
+        worker is paying for now, or take the lease to pay for it here."""
+        if self.cache is None:
+            return None
+        return await self.cache.aget(key) or await self.cache.acquire(key)
+
+    async def _release(self, key: str) -> None:
+        if self.cache is not None:
+            await self.cache.arelease(key)
+
+    async def _paid_chat(self, call: CallInfo, messages: list[dict[str, Any]], top_p: float,
+                         seed: int | None, extra: Mapping[str, Any] | None,
+                         started: float) -> ChatResult:
+        key = call.key
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": call.temperature, "top_p": top_p,
                                 "max_tokens": call.max_tokens}
@@ -287,12 +314,19 @@ class LLMClient:
         call = CallInfo(request_hash(model, texts, {"endpoint": "embeddings"}), "embeddings",
                         model, purpose="embeddings")
         started = time.perf_counter()
-        hit = await self.cache.aget(call.key) if self.cache is not None else None
+        hit = await self._lookup(call.key)
         if hit is not None:
             self.cache_hits += 1
             self._record(call, hit.get("prompt_tokens"), None, _ms(started), cached=True,
                          status="ok")
             return hit["embeddings"]
+        try:
+            return await self._paid_embed(call, texts, model, started)
+        finally:
+            await self._release(call.key)
+
+    async def _paid_embed(self, call: CallInfo, texts: list[str], model: str,
+                          started: float) -> list[list[float]]:
         # float, not the package's default base64: every OpenAI-compatible server speaks it
         resp, attempts = await self._call(call, started,
                                           lambda client: client.embeddings.create(

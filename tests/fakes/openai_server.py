@@ -144,6 +144,11 @@ class FakeOpenAI:
         with self._lock:
             self._faults.extend([fault] * times)
 
+    def clear_faults(self) -> None:
+        """Drop the faults still queued (the endpoint recovers)."""
+        with self._lock:
+            self._faults.clear()
+
     def reset_counts(self) -> None:
         with self._lock:
             self.requests_total = 0
