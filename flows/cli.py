@@ -387,6 +387,23 @@ def report_cmd(run: Annotated[str | None, typer.Argument(help="Run id (default: 
         console.print(f"plot: {uri}")
 
 
+@app.command("maintain")
+def maintain_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
+                 retention_hours: Annotated[int, typer.Option(
+                     min=0, help="Vacuum only files unreferenced for this long.")] = 168,
+                 dry_run: Annotated[bool, typer.Option(
+                     "--dry-run", help="Report what would be vacuumed; change nothing.")] = False):
+    """Compact small files and vacuum unreferenced ones (never those a dataset version needs)."""
+    from tasks.maintenance import maintain
+
+    settings = _settings(config, lake=lake)
+    done = maintain(Lake(settings.lake), retention_hours=retention_hours, dry_run=dry_run)
+    _print_arrow(pa.Table.from_pylist([t.as_dict() for t in done]),
+                 "maintenance (dry run)" if dry_run else "maintenance")
+    if not dry_run:
+        catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err_console, transient=True)

@@ -8,6 +8,8 @@ in ``pairs``.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -17,6 +19,8 @@ import pyarrow as pa
 from tasks import catalog
 from tasks.lake import Lake
 from tasks.sample.layout import build_messages
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,27 @@ def candidates_by_prompt(lake: Lake) -> dict[str, list[Candidate]]:
     return grouped
 
 
+def fingerprint(candidates: list[Candidate], rule: PairRule) -> str:
+    """What a prompt's decision depends on: its answers' rewards and the rule."""
+    blob = repr((sorted((c.response_id, c.reward) for c in candidates), rule))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run_pairing(lake: Lake, rule: PairRule, run_id: str) -> tuple[int, int]:
-    """Decide every prompt's pair for this run; returns (pairs, skipped)."""
+    """Decide the pair of every prompt whose answers' rewards (or the rule) changed since its
+    last decision; returns (pairs, skipped) decided in this run.
+
+    A night with nothing new writes nothing, so ``pairs`` grows with new data, not with the
+    number of runs. ``pairs_latest`` holds every prompt's current decision.
+    """
     now = datetime.now(UTC)
+    decided = dict(catalog.connect(lake).execute(
+        "SELECT prompt_id, candidates_hash FROM pairs_latest").fetchall())
     rows = []
     for prompt_id, candidates in candidates_by_prompt(lake).items():
+        stamp = fingerprint(candidates, rule)
+        if decided.get(prompt_id) == stamp:
+            continue
         d = choose_pair(candidates, rule)
         rows.append({
             "prompt_id": prompt_id, "run_id": run_id, "created_at": now,
@@ -106,19 +126,22 @@ def run_pairing(lake: Lake, rule: PairRule, run_id: str) -> tuple[int, int]:
             "chosen_reward": d.chosen.reward if d.chosen else None,
             "rejected_reward": d.rejected.reward if d.rejected else None,
             "margin": d.margin, "status": "paired" if d.chosen else "skipped",
-            "skip_reason": d.skip_reason})
+            "skip_reason": d.skip_reason, "candidates_hash": stamp})
     lake.upsert("pairs", rows)
     paired = sum(r["status"] == "paired" for r in rows)
+    log.info("pair: %d prompts decided (%d paired), %d unchanged", len(rows), paired,
+             len(decided) - sum(r["prompt_id"] in decided for r in rows))
     return paired, len(rows) - paired
 
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.large_string())]))
 
 
-def preference_table(lake: Lake, run_id: str,
-                     style: Literal["conversational", "plain"] = "conversational",
+def preference_table(lake: Lake, style: Literal["conversational", "plain"] = "conversational",
                      template: str | None = None) -> pa.Table:
-    """This run's pairs in TRL's preference format: prompt, chosen, rejected (+ provenance).
+    """Every prompt's current pair (``pairs_latest``) in TRL's preference format: prompt,
+    chosen, rejected (+ provenance). Unchanged pairs give the same table, hence the same
+    dataset version.
 
     Conversational rows hold lists of ``{role, content}`` messages, as TRL's ``DPOTrainer``
     reads them (``prompt`` = the user turn the policy saw, ``chosen``/``rejected`` = one
@@ -129,12 +152,12 @@ def preference_table(lake: Lake, run_id: str,
         SELECT p.prompt_id, q.context, q.query, c.text AS chosen, r.text AS rejected,
                p.chosen_reward, p.rejected_reward, p.margin,
                p.chosen_response_id, p.rejected_response_id
-        FROM pairs p
+        FROM pairs_latest p
         JOIN prompts q USING (prompt_id)
         JOIN responses c ON c.response_id = p.chosen_response_id
         JOIN responses r ON r.response_id = p.rejected_response_id
-        WHERE p.run_id = ? AND p.status = 'paired'
-        ORDER BY p.prompt_id""", params=[run_id]).to_arrow_table().to_pylist()
+        WHERE p.status = 'paired'
+        ORDER BY p.prompt_id""").to_arrow_table().to_pylist()
     out = []
     for row in rows:
         messages = build_messages(row.pop("context"), row.pop("query"), template)

@@ -136,11 +136,12 @@ def stage_pair(settings: Settings, run_id: str, rule: PairRule | None = None) ->
 def stage_publish(settings: Settings, run_id: str,
                   style: Literal["conversational", "plain"] = "conversational",
                   ) -> tuple[DatasetVersion | None, bool]:
-    """Publish this run's pairs as the next preference dataset version (None if no pair)."""
+    """Publish every prompt's current pair as the next preference dataset version (the
+    existing version when nothing changed; None if there is no pair at all)."""
     lake = Lake(settings.lake)
-    table = preference_table(lake, run_id, style, settings.prompt_template)
+    table = preference_table(lake, style, settings.prompt_template)
     if table.num_rows == 0:
-        log.warning("no pair in run %s: nothing to publish", run_id)
+        log.warning("no pair in the lake after run %s: nothing to publish", run_id)
         return None, False
     lineage = {"run_id": run_id, "judge_model": settings.judge_model if settings.judge_base_url
                else OfflineJudge.model, "policy_model": settings.policy_model,

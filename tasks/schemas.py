@@ -165,6 +165,7 @@ PAIRS = _spec(
     f("skip_reason", pa.string()),
     f("run_id", pa.string(), nullable=False),
     f("created_at", TS, nullable=False),
+    f("candidates_hash", pa.string()),  # the answers' rewards and rule this decision saw
 )
 
 DATASETS = _spec(

@@ -48,3 +48,36 @@ def test_minimum_margin_and_answers():
 def test_bad_rules_are_refused(kw):
     with pytest.raises(ValueError):
         PairRule(**kw)
+
+
+def test_a_night_with_nothing_new_writes_no_pair_and_a_changed_prompt_is_redecided(lake):
+    from datetime import UTC, datetime
+
+    from tasks.pair import run_pairing
+    from tasks.schemas import DIMENSIONS
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def answer(pid: str, i: int, score: float) -> None:
+        lake.upsert("responses", [{"response_id": f"{pid}-{i}", "prompt_id": pid,
+                                   "sample_index": i, "text": "t", "policy_model": "m",
+                                   "run_id": "r", "created_at": now}])
+        lake.upsert("judgments", [{"response_id": f"{pid}-{i}", "prompt_id": pid,
+                                   "dimension": d, "score": score, "status": "ok",
+                                   "judge_model": "j", "run_id": "r", "created_at": now}
+                                  for d in DIMENSIONS])
+
+    for pid in ("a", "b"):
+        for i, score in enumerate([2.0, 5.0, 8.0]):
+            answer(pid, i, score)
+    rule = PairRule(min_answers=3)
+    assert run_pairing(lake, rule, "night-1") == (2, 0)
+    assert run_pairing(lake, rule, "night-2") == (0, 0)      # nothing new: nothing written
+    assert lake.count("pairs") == 2
+    answer("b", 3, 9.5)                                      # a better answer for b only
+    assert run_pairing(lake, rule, "night-3") == (1, 0)
+    from tasks import catalog
+    latest = dict(catalog.connect(lake).execute(
+        "SELECT prompt_id, chosen_response_id FROM pairs_latest").fetchall())
+    assert latest == {"a": "a-2", "b": "b-3"} and lake.count("pairs") == 3
+    assert run_pairing(lake, PairRule(min_answers=4), "night-4") == (1, 1)  # a new rule

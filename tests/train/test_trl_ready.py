@@ -44,7 +44,7 @@ def test_a_published_version_trains_with_trl_unchanged(lake, tmp_path, style):
     from tasks.train.tiny import build_tiny_model
 
     _paired_lake(lake)
-    version, _ = publish(lake, "preference", preference_table(lake, "run", style),
+    version, _ = publish(lake, "preference", preference_table(lake, style),
                          sort_by=["prompt_id"], config_hash="c", lineage={"run_id": "run"})
     data = load_dataset("parquet", data_files=version.data_uri, split="train")
     first = data[0]
