@@ -55,6 +55,11 @@ class PairLayout:
         if min((*self.prompt, *self.chosen, *self.rejected), default=0) < 1:
             raise ValueError("every segment needs at least one token")
 
+    def spans(self) -> list[tuple[int, slice, slice]]:
+        """Per row: prompt length, the ``[prompt | chosen]`` slice and the rejected slice."""
+        return [(p, slice(0, p + c), slice(p + c, p + c + r))
+                for p, c, r in zip(self.prompt, self.chosen, self.rejected, strict=True)]
+
     @classmethod
     def of(cls, prompt: Sequence[int], chosen: Sequence[int], rejected: Sequence[int]):
         return cls(tuple(prompt), tuple(chosen), tuple(rejected))
@@ -70,65 +75,86 @@ def placeholder_mask(batch: int, width: int, device: torch.device) -> Tensor:
     return torch.zeros((), dtype=torch.bool, device=device).expand(batch, 1, width, width)
 
 
-class _MergedAttention(torch.autograd.Function):
-    """CPU: queries attend fully to ``(k_full, v_full)`` and causally to ``(k_causal,
-    v_causal)`` (a square block), as one softmax over both key sets.
-
-    Forward merges the two flash results by their log-sum-exps. Backward gives each block's
-    flash backward the merged output and log-sum-exp: its softmax probabilities are then the
-    global ones, so the block gradients are exact and dq is their sum. Saves q, the key/value
-    views and the merged output: nothing of size queries x keys.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k_full, v_full, k_causal, v_causal, scale):
-        out1, lse1 = _FLASH_CPU(q, k_full, v_full, 0.0, False, scale=scale)
-        out2, lse2 = _FLASH_CPU(q, k_causal, v_causal, 0.0, True, scale=scale)
-        lse = torch.logaddexp(lse1, lse2)  # float32, [B, H, Q]
-        out = (out1.float() * (lse1 - lse).exp().unsqueeze(-1)
-               + out2.float() * (lse2 - lse).exp().unsqueeze(-1)).to(q.dtype)
-        ctx.save_for_backward(q, k_full, v_full, k_causal, v_causal, out, lse)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k_full, v_full, k_causal, v_causal, out, lse = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        dq1, dk1, dv1 = _FLASH_CPU_BACKWARD(grad_out, q, k_full, v_full, out, lse, 0.0, False,
-                                            scale=ctx.scale)
-        dq2, dk2, dv2 = _FLASH_CPU_BACKWARD(grad_out, q, k_causal, v_causal, out, lse, 0.0,
-                                            True, scale=ctx.scale)
-        return dq1 + dq2, dk1, dv1, dk2, dv2, None
-
-
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
-def _rejected_attention(q: Tensor, k: Tensor, v: Tensor, n_prompt: int, rejected: slice,
-                        **sdpa: object) -> Tensor:
-    """Rejected queries ``q`` against the row's prompt keys and their own, causally."""
-    if not q.is_cuda and not sdpa["dropout_p"]:
-        return _rejected_merged(q, k, v, n_prompt, rejected, sdpa["scale"])
-    return _rejected_bias(q, k, v, n_prompt, rejected, **sdpa)
+class _PackedAttentionCPU(torch.autograd.Function):
+    """CPU: the whole batch of packed rows with the CPU flash kernel, ``[B, L, H, D]`` out.
+
+    Per row: ``[prompt | chosen]`` queries in one causal call; rejected queries in two calls,
+    against the prompt (full) and against themselves (causal), merged by their log-sum-exps.
+    Backward gives each block's flash backward the merged output and log-sum-exp, so its
+    softmax probabilities are the global ones and the block gradients are exact (the identity
+    ring attention uses); dq sums over blocks. Saved: q, k, v, the output and a float32
+    log-sum-exp per query, as for one plain flash call; the output is written in place, with
+    no copy for slices, concatenation or layout.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, layout: PairLayout, scale):
+        batch, heads, width, _ = query.shape
+        out = query.new_zeros(batch, width, heads, value.size(-1))  # padding stays 0
+        lse = query.new_zeros(batch, heads, width, dtype=torch.float32)
+        for i, (n_p, prefix, rejected) in enumerate(layout.spans()):
+            q, k, v = query[i : i + 1], key[i : i + 1], value[i : i + 1]
+            o, lse_prefix = _FLASH_CPU(q[:, :, prefix], k[:, :, prefix], v[:, :, prefix], 0.0,
+                                       True, scale=scale)
+            out[i, prefix], lse[i, :, prefix] = o[0].transpose(0, 1), lse_prefix[0]
+            q_r = q[:, :, rejected]
+            o1, lse1 = _FLASH_CPU(q_r, k[:, :, :n_p], v[:, :, :n_p], 0.0, False, scale=scale)
+            o2, lse2 = _FLASH_CPU(q_r, k[:, :, rejected], v[:, :, rejected], 0.0, True,
+                                  scale=scale)
+            both = torch.logaddexp(lse1, lse2)
+            o = (o1.float() * (lse1 - both).exp().unsqueeze(-1)
+                 + o2.float() * (lse2 - both).exp().unsqueeze(-1))
+            out[i, rejected], lse[i, :, rejected] = o[0].transpose(0, 1), both[0]
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.layout, ctx.scale = layout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, out, lse = ctx.saved_tensors
+        grads = [torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)]
+        grad_out, out = grad_out.transpose(1, 2), out.transpose(1, 2)  # [B, H, L, D] views
+
+        def block(i: int, rows: slice, keys: slice, causal: bool) -> None:
+            dq, dk, dv = _FLASH_CPU_BACKWARD(
+                grad_out[i : i + 1, :, rows], query[i : i + 1, :, rows],
+                key[i : i + 1, :, keys], value[i : i + 1, :, keys], out[i : i + 1, :, rows],
+                lse[i : i + 1, :, rows], 0.0, causal, scale=ctx.scale)
+            for grad, part, span in zip(grads, (dq, dk, dv), (rows, keys, keys), strict=True):
+                grad[i : i + 1, :, span] += part
+
+        for i, (n_p, prefix, rejected) in enumerate(ctx.layout.spans()):
+            block(i, prefix, prefix, True)
+            block(i, rejected, slice(0, n_p), False)
+            block(i, rejected, rejected, True)
+        return *grads, None, None
 
 
-def _rejected_merged(q: Tensor, k: Tensor, v: Tensor, n_prompt: int, rejected: slice,
-                     scale: float | None) -> Tensor:
-    """CPU: two flash calls on views of the row's keys, merged (no copy, no mask)."""
-    return _MergedAttention.apply(q, k[:, :, :n_prompt], v[:, :, :n_prompt], k[:, :, rejected],
-                                  v[:, :, rejected], scale)
-
-
-def _rejected_bias(q: Tensor, k: Tensor, v: Tensor, n_prompt: int, rejected: slice,
-                   **sdpa: object) -> Tensor:
-    """CUDA (and CPU with attention dropout, where the bias becomes an ``[R, P + R]`` mask):
-    one call on a copy of the prompt's and the rejected answer's keys."""
-    k_r = torch.cat([k[:, :, :n_prompt], k[:, :, rejected]], dim=2)
-    v_r = torch.cat([v[:, :, :n_prompt], v[:, :, rejected]], dim=2)
-    bias = causal_lower_right(q.size(2), k_r.size(2))
-    return F.scaled_dot_product_attention(q, k_r, v_r, attn_mask=bias, **sdpa)
+def _packed_attention_sdpa(query: Tensor, key: Tensor, value: Tensor, layout: PairLayout,
+                           **sdpa: object) -> Tensor:
+    """CUDA (and CPU with attention dropout): per row, ``[prompt | chosen]`` causally, then the
+    rejected queries against a copy of the prompt's and their own keys with PyTorch's
+    bottom-right causal bias (flash or memory-efficient kernel on CUDA; on CPU the bias
+    becomes an ``[R, P + R]`` mask)."""
+    batch, heads, width, _ = query.shape
+    rows = []
+    for i, (n_p, prefix, rejected) in enumerate(layout.spans()):
+        q, k, v = query[i : i + 1], key[i : i + 1], value[i : i + 1]
+        parts = [F.scaled_dot_product_attention(q[:, :, prefix], k[:, :, prefix],
+                                                v[:, :, prefix], is_causal=True, **sdpa)]
+        k_r = torch.cat([k[:, :, :n_p], k[:, :, rejected]], dim=2)
+        v_r = torch.cat([v[:, :, :n_p], v[:, :, rejected]], dim=2)
+        bias = causal_lower_right(rejected.stop - rejected.start, k_r.size(2))
+        parts.append(F.scaled_dot_product_attention(q[:, :, rejected], k_r, v_r, attn_mask=bias,
+                                                    **sdpa))
+        if rejected.stop < width:  # padding: attends to nothing and is attended by nothing
+            parts.append(query.new_zeros(1, heads, width - rejected.stop, value.size(-1)))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous()
 
 
 def shared_prefix_attention(
@@ -151,23 +177,13 @@ def shared_prefix_attention(
         raise NotImplementedError("shared-prefix attention does not implement sliding windows")
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         raise NotImplementedError("shared-prefix attention supports plain softmax attention only")
-    batch, heads, width, _ = query.shape
+    batch, heads = query.shape[:2]
     if batch != len(layout.prompt):
         raise ValueError(f"layout describes {len(layout.prompt)} rows, the batch has {batch}")
+    if not query.is_cuda and not dropout:
+        return _PackedAttentionCPU.apply(query, key, value, layout, scaling), None
     sdpa = {"dropout_p": dropout, "scale": scaling, "enable_gqa": key.size(1) != heads}
-    rows = []
-    for i in range(batch):
-        n_p, n_c, n_r = layout.prompt[i], layout.chosen[i], layout.rejected[i]
-        q, k, v = query[i : i + 1], key[i : i + 1], value[i : i + 1]
-        n_pc, end = n_p + n_c, n_p + n_c + n_r
-        parts = [F.scaled_dot_product_attention(q[:, :, :n_pc], k[:, :, :n_pc], v[:, :, :n_pc],
-                                                is_causal=True, **sdpa)]
-        parts.append(_rejected_attention(q[:, :, n_pc:end], k, v, n_p, slice(n_pc, end),
-                                         **sdpa))
-        if end < width:  # padding: attends to nothing and is attended by nothing
-            parts.append(query.new_zeros(1, heads, width - end, value.size(-1)))
-        rows.append(torch.cat(parts, dim=2))
-    return torch.cat(rows).transpose(1, 2).contiguous(), None
+    return _packed_attention_sdpa(query, key, value, layout, **sdpa), None
 
 
 def register() -> None:

@@ -1,4 +1,4 @@
-"""The rejected answer's attention, both ways it is computed, equals a dense-mask reference."""
+"""Packed-row attention, both ways it is computed, equals a dense-mask reference."""
 
 from __future__ import annotations
 
@@ -6,32 +6,39 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.train.attention import PairLayout, _rejected_bias, _rejected_merged
+from tasks.train.attention import PairLayout, _packed_attention_sdpa, _PackedAttentionCPU
 
-P, C, R, D = 23, 5, 7, 16
+LAYOUT = PairLayout.of([23, 9], [5, 1], [7, 3])  # row 2 is padded: 13 tokens of 35
+WIDTH, HEADS, D = 35, 4, 16
 
 
 def dense_reference(q, k, v):
-    """Rejected queries see the prompt and themselves (causally), never the chosen keys."""
-    allowed = torch.zeros(R, P + C + R, dtype=torch.bool)
-    allowed[:, :P] = True
-    allowed[:, P + C :] = torch.ones(R, R, dtype=torch.bool).tril()
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+    """Chosen sees prompt + itself, rejected sees prompt + itself (causally); pads see
+    nothing (their output is 0)."""
+    allowed = torch.zeros(len(LAYOUT.prompt), 1, WIDTH, WIDTH, dtype=torch.bool)
+    causal = torch.ones(WIDTH, WIDTH, dtype=torch.bool).tril()
+    for i, (n_p, prefix, rejected) in enumerate(LAYOUT.spans()):
+        allowed[i, 0, prefix, prefix] = causal[prefix, prefix]
+        allowed[i, 0, rejected, :n_p] = True
+        allowed[i, 0, rejected, rejected] = causal[: rejected.stop - rejected.start,
+                                                   : rejected.stop - rejected.start]
+    pad = ~allowed.any(dim=-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | pad, enable_gqa=True)
+    return out.masked_fill(pad, 0.0).transpose(1, 2)
 
 
-@pytest.mark.parametrize("path", ["merged", "bias"])
+@pytest.mark.parametrize("path", ["cpu_flash", "sdpa"])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_rejected_attention_and_gradients_match_dense_mask(path: str, kv_heads: int) -> None:
+def test_packed_attention_and_gradients_match_dense_mask(path: str, kv_heads: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 4, R, D, generator=gen, requires_grad=True)
-    k = torch.randn(1, kv_heads, P + C + R, D, generator=gen, requires_grad=True)
-    v = torch.randn(1, kv_heads, P + C + R, D, generator=gen, requires_grad=True)
-    rejected = slice(P + C, P + C + R)
-    if path == "merged":
-        out = _rejected_merged(q, k, v, P, rejected, None)
+    q = torch.randn(2, HEADS, WIDTH, D, generator=gen, requires_grad=True)
+    k = torch.randn(2, kv_heads, WIDTH, D, generator=gen, requires_grad=True)
+    v = torch.randn(2, kv_heads, WIDTH, D, generator=gen, requires_grad=True)
+    if path == "cpu_flash":
+        out = _PackedAttentionCPU.apply(q, k, v, LAYOUT, None)
     else:
-        out = _rejected_bias(q, k, v, P, rejected, dropout_p=0.0, scale=None,
-                             enable_gqa=kv_heads != 4)
+        out = _packed_attention_sdpa(q, k, v, LAYOUT, dropout_p=0.0, scale=None,
+                                     enable_gqa=kv_heads != HEADS)
     ref = dense_reference(q, k, v)
     grad = torch.randn(out.shape, generator=gen)
     got = torch.autograd.grad(out, (q, k, v), grad)
@@ -39,7 +46,6 @@ def test_rejected_attention_and_gradients_match_dense_mask(path: str, kv_heads: 
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for name, a, b in zip("qkv", got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
-    assert got[1][:, :, P : P + C].abs().max() == 0  # the chosen keys get no gradient
 
 
 @pytest.mark.parametrize(("lengths", "error"), [
