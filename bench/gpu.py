@@ -109,7 +109,8 @@ def build_models(shape: Shape, max_len: int, device: torch.device, dtype: torch.
                                                   dtype=dtype)
     policy.train()
     if checkpointing:
-        policy.gradient_checkpointing_enable({"use_reentrant": False})
+        enable = getattr(policy, "activation_checkpointing_enable", None)  # transformers 5
+        (enable or policy.gradient_checkpointing_enable)({"use_reentrant": False})
     policy.config.use_cache = False
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     return policy, ref

@@ -87,12 +87,17 @@ def test_rejected_score_ignores_chosen_tokens() -> None:
     assert not torch.allclose(c1.logps, c2.logps)
 
 
-@pytest.mark.parametrize("family", sorted(CONFIGS))
-def test_shared_prefix_gradients_match_unshared(family: str) -> None:
-    """Training through the packed rows (several pairs, padded) gives the two-row gradients."""
+@pytest.mark.parametrize(("family", "checkpointing"),
+                         [("llama", False), ("qwen2", False), ("llama", True)])
+def test_shared_prefix_gradients_match_unshared(family: str, checkpointing: bool) -> None:
+    """Training through the packed rows (several pairs, padded) gives the two-row gradients,
+    also when gradient checkpointing recomputes the layers (and their attention) in backward."""
     prompts, chosen, rejected = random_pairs(LENGTHS)
     model_a = tiny_model(family).train()
     model_b = copy.deepcopy(model_a)
+    if checkpointing:
+        enable = getattr(model_a, "activation_checkpointing_enable", None)  # transformers 5
+        (enable or model_a.gradient_checkpointing_enable)({"use_reentrant": False})
     ref = torch.zeros(len(prompts))
 
     def loss_of(model: PreTrainedModel, pair_fn) -> torch.Tensor:
