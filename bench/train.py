@@ -19,7 +19,7 @@ it. The summary compares shared with each two-row layout against the limit
 
     python bench/train.py                          # prompt 2048, answers 256 (~1 min)
     python bench/train.py --prompt-len 4096 --answer-len 512 --steps 2
-    # the long-context sweep of the README (~10 min on 2 cores)
+    # the README's long-context sweep (~10-13 min on 2 busy cores)
     python bench/train.py --prompt-len 2048,8192,16384,32768 --answer-len 512 \\
         --hidden 64 --layers 2 --heads 2 --steps 1
 """
