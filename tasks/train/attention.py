@@ -10,12 +10,15 @@ computed with fused attention kernels and no mask in memory, per row:
   (query j sees the whole prompt and rejected tokens 0..j). On CUDA: PyTorch's
   ``causal_lower_right`` bias, which runs the flash or memory-efficient kernel. On CPU, whose
   fused kernel has no such variant: two flash calls, rejected x prompt (full) and rejected x
-  rejected (causal), merged exactly by their log-sum-exps (``_MergedAttention``; its backward
-  runs each block's flash backward against the merged output and log-sum-exp, the same
-  identity ring attention uses).
+  rejected (causal), merged exactly by their log-sum-exps (``_PackedAttentionCPU``; its
+  backward runs each block's flash backward against the merged output and log-sum-exp, the
+  identity ring attention uses). It calls the CPU flash kernel's aten ops directly, as the
+  public ``scaled_dot_product_attention`` returns no log-sum-exp; with attention dropout the
+  CPU takes the CUDA path instead (the bias then becomes an ``[R, P + R]`` mask).
 
 Exact, not approximate: each answer's keys, values and positions are those it sees alone, so
-log-probs and gradients equal the unshared layout's (``tests/train/test_logprobs.py``).
+log-probs and gradients equal the unshared layout's (``tests/train/test_logprobs.py``,
+``tests/train/test_attention.py``).
 
 It is plugged in through transformers' registries under ``SHARED_PREFIX_ATTENTION``, so every
 model family whose attention goes through ``ALL_ATTENTION_FUNCTIONS`` (Llama, Qwen2, Mistral,
@@ -49,6 +52,7 @@ class PairLayout:
     prompt: tuple[int, ...]
     chosen: tuple[int, ...]
     rejected: tuple[int, ...]
+
     def __post_init__(self) -> None:
         if not len(self.prompt) == len(self.chosen) == len(self.rejected):
             raise ValueError("prompt, chosen and rejected lengths must describe the same rows")
@@ -69,8 +73,10 @@ def placeholder_mask(batch: int, width: int, device: torch.device) -> Tensor:
     """A 4-D all-blocked mask that takes no memory (a zero-stride view of one element).
 
     Handed to the model as ``attention_mask``, it makes transformers' mask builders return it
-    as-is instead of materialising a mask; ``shared_prefix_attention`` never reads it, and any
-    other kernel given it by mistake would produce garbage loudly rather than wrong scores.
+    as-is instead of materialising one (with no mask, the restarting position ids would be
+    taken for packed sequences and get an L x L mask); ``shared_prefix_attention`` never reads
+    it, and any other kernel given it by mistake would produce garbage loudly rather than
+    plausible but wrong scores.
     """
     return torch.zeros((), dtype=torch.bool, device=device).expand(batch, 1, width, width)
 
