@@ -7,14 +7,21 @@
 
 A step is: reference forward (no grad) + policy forward + loss + backward, on a random-weight
 Llama built from a config (no download) with random token ids. Time: median wall time of the
-timed steps. Memory: each variant runs in a fresh process; after one warm-up step (so weights,
-grad buffers and allocator pools already exist) the kernel's peak-RSS counter is reset
-(``/proc/self/clear_refs``) and ``peak MB`` is VmHWM minus VmRSS at that point: the extra host
-memory one step needs (activations, logits, attention temporaries), not the model's own.
-Workers run with a fixed glibc mmap threshold so freed tensors leave RSS (see WORKER_ENV).
+timed steps. Memory: each (variant, prompt length) runs in a fresh process; after one warm-up
+step on a short prompt (so weights, grad buffers and allocator pools already exist) the
+kernel's peak-RSS counter is reset (``/proc/self/clear_refs``) and ``peak MB`` is VmHWM minus
+VmRSS at that point: the extra host memory one step needs (activations, logits, attention
+temporaries), not the model's own. Workers run with a fixed glibc mmap threshold so freed
+tensors leave RSS (see WORKER_ENV). ``cpu s`` is the step's process CPU time (all threads):
+other jobs on the host inflate wall time far more than it, so the summary's time ratios use
+it. The summary compares shared with each two-row layout against the limit
+``(P + 2A) / (2P + 2A)``, the ratio of tokens a step processes.
 
-    python bench/train.py                          # prompt 2048, answers 256 (~2.5 min)
+    python bench/train.py                          # prompt 2048, answers 256 (~1 min)
     python bench/train.py --prompt-len 4096 --answer-len 512 --steps 2
+    # the README's long-context sweep (~10-13 min on 2 busy cores)
+    python bench/train.py --prompt-len 2048,8192,16384,32768 --answer-len 512 \\
+        --hidden 64 --layers 2 --heads 2 --steps 1
 """
 
 from __future__ import annotations
@@ -39,14 +46,23 @@ from tasks.train.logprobs import pair_logprobs_shared, pair_logprobs_unshared  #
 from tasks.train.loss import LossConfig, dpo_ce_loss  # noqa: E402
 
 VARIANTS = ("trl", "unshared", "shared")
+
+
+def _lengths(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
 # A fixed mmap threshold makes glibc map every large tensor on its own and unmap it on free, so
 # RSS follows live tensor bytes instead of whatever the heap kept from earlier steps.
-WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "TQDM_DISABLE": "1"}
+# Passive OpenMP waits keep idle worker threads from spinning, so a step's process CPU time is
+# its work: on a busy host (other jobs on the same cores) wall time inflates, CPU time much less.
+WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "TQDM_DISABLE": "1",
+              "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prompt-len", type=int, default=2048, help="prompt tokens per pair")
+    ap.add_argument("--prompt-len", type=_lengths, default=[2048],
+                    help="prompt tokens per pair; a comma-separated list runs a sweep")
+    ap.add_argument("--warmup-prompt", type=int, default=256, help="prompt of the warm-up step")
     ap.add_argument("--answer-len", type=int, default=256, help="tokens per answer")
     ap.add_argument("--pairs", type=int, default=1, help="pairs per micro-batch")
     ap.add_argument("--hidden", type=int, default=256, help="model hidden size")
@@ -71,14 +87,14 @@ def build_models(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Mo
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         num_key_value_heads=args.heads,
-        max_position_embeddings=args.prompt_len + 2 * args.answer_len,
+        max_position_embeddings=max(args.prompt_len) + 2 * args.answer_len,
     )
     policy = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").float().train()
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     return policy, ref
 
 
-def make_pairs(args: argparse.Namespace) -> dict[str, list[list[int]]]:
+def make_pairs(args: argparse.Namespace, prompt_len: int) -> dict[str, list[list[int]]]:
     gen = torch.Generator().manual_seed(1)
 
     def ids(n: int) -> list[list[int]]:
@@ -87,13 +103,13 @@ def make_pairs(args: argparse.Namespace) -> dict[str, list[list[int]]]:
         return rows.tolist()
 
     return {
-        "prompt_ids": ids(args.prompt_len),
+        "prompt_ids": ids(prompt_len),
         "chosen_ids": ids(args.answer_len),
         "rejected_ids": ids(args.answer_len),
     }
 
 
-def trl_step_fn(args: argparse.Namespace, policy, ref, pairs):
+def trl_step_fn(args: argparse.Namespace, policy, ref):
     """TRL's own loss path: DPOTrainer.compute_loss on its own collator's batch."""
     from datasets import Dataset
     from tokenizers import Tokenizer, models
@@ -121,23 +137,22 @@ def trl_step_fn(args: argparse.Namespace, policy, ref, pairs):
     trainer = DPOTrainer(
         model=policy, ref_model=ref, args=config, train_dataset=dummy, processing_class=tokenizer
     )
-    rows = [dict(zip(pairs, row, strict=True)) for row in zip(*pairs.values(), strict=True)]
-    batch = trainer.data_collator(rows)
 
-    def step() -> float:
-        loss = trainer.compute_loss(trainer.model, batch)
+    def step(pairs: dict[str, list[list[int]]]) -> float:
+        rows = [dict(zip(pairs, row, strict=True)) for row in zip(*pairs.values(), strict=True)]
+        loss = trainer.compute_loss(trainer.model, trainer.data_collator(rows))
         loss.backward()
         return loss.item()
 
     return step
 
 
-def ours_step_fn(policy, ref, pairs, shared: bool):
+def ours_step_fn(policy, ref, shared: bool):
     pair_fn = pair_logprobs_shared if shared else pair_logprobs_unshared
-    prompts, chosen, rejected = pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"]
     config = LossConfig(beta=0.15, ce_weight=0.1)
 
-    def step() -> float:
+    def step(pairs: dict[str, list[list[int]]]) -> float:
+        prompts, chosen, rejected = pairs["prompt_ids"], pairs["chosen_ids"], pairs["rejected_ids"]
         with torch.no_grad():
             ref_c, ref_r = pair_fn(ref, prompts, chosen, rejected)
         c, r = pair_fn(policy, prompts, chosen, rejected)
@@ -162,32 +177,37 @@ def worker(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     policy, ref = build_models(args)
-    pairs = make_pairs(args)
+    (prompt_len,) = args.prompt_len  # the parent hands each worker one length
+    pairs = make_pairs(args, prompt_len)
     if args.worker == "trl":
-        step = trl_step_fn(args, policy, ref, pairs)
+        step = trl_step_fn(args, policy, ref)
     else:
-        step = ours_step_fn(policy, ref, pairs, shared=args.worker == "shared")
+        step = ours_step_fn(policy, ref, shared=args.worker == "shared")
 
-    loss = step()  # warm-up: allocates grads and allocator pools
+    # Warm-up on a short prompt: allocates grads and allocator pools at a fraction of the cost.
+    loss = step(make_pairs(args, min(args.warmup_prompt, prompt_len)))
     policy.zero_grad(set_to_none=False)
     base_kb = _proc_status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (Linux >= 4.0)
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = step()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        loss = step(pairs)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         policy.zero_grad(set_to_none=False)
     rows_tokens = {
-        "trl": 2 * (args.prompt_len + args.answer_len),
-        "unshared": 2 * (args.prompt_len + args.answer_len),
-        "shared": args.prompt_len + 2 * args.answer_len,
+        "trl": 2 * (prompt_len + args.answer_len),
+        "unshared": 2 * (prompt_len + args.answer_len),
+        "shared": prompt_len + 2 * args.answer_len,
     }[args.worker] * args.pairs
     print(
         json.dumps(
             {
                 "variant": args.worker,
+                "prompt": prompt_len,
                 "step_s": statistics.median(times),
+                "cpu_s": statistics.median(cpu_times),
                 "peak_mb": (_proc_status_kb("VmHWM") - base_kb) / 1024,
                 "base_mb": base_kb / 1024,
                 "tokens": rows_tokens,
@@ -198,6 +218,41 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def run_worker(variant: str, prompt_len: int) -> dict:
+    argv = [a for a in sys.argv[1:]]
+    if "--prompt-len" in argv:  # hand the worker its one length
+        i = argv.index("--prompt-len")
+        del argv[i : i + 2]
+    argv = [a for a in argv if not a.startswith("--prompt-len=")]
+    out = subprocess.run(
+        [sys.executable, __file__, *argv, "--prompt-len", str(prompt_len), "--worker", variant],
+        env=WORKER_ENV,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_summary(args: argparse.Namespace, results: list[dict]) -> None:
+    """One line per prompt length: shared vs each two-row layout, next to the token limit."""
+    by = {(r["prompt"], r["variant"]): r for r in results}
+    heads = [b for b in ("trl", "unshared") if any(k[1] == b for k in by)]
+    if not any(k[1] == "shared" for k in by) or not heads:
+        return
+    cols = "".join(f" {'shared/' + b + ' cpu':>19} {'shared/' + b + ' mem':>19}" for b in heads)
+    print(f"\n{'prompt':>7} {'answers':>7} {'limit':>6}{cols}")
+    for prompt in args.prompt_len:
+        limit = (prompt + 2 * args.answer_len) / (2 * prompt + 2 * args.answer_len)
+        shared, line = by.get((prompt, "shared")), f"{prompt:>7} {args.answer_len:>7} {limit:>6.3f}"
+        for b in heads:
+            base = by.get((prompt, b))
+            if shared and base:
+                line += (f" {shared['cpu_s'] / base['cpu_s']:>19.3f}"
+                         f" {shared['peak_mb'] / max(base['peak_mb'], 1e-9):>19.3f}")
+        print(line)
+
+
 def main() -> None:
     args = parse_args()
     if args.worker:
@@ -206,45 +261,28 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     if unknown := set(variants) - set(VARIANTS):
         raise SystemExit(f"unknown variants: {sorted(unknown)}")
-    passthrough = sys.argv[1:]
     load_before = os.getloadavg()[0]  # 1-minute load of the host, before we add ours
-    results = {}
-    for variant in variants:
-        out = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--worker", variant],
-            env=WORKER_ENV,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    began = time.perf_counter()
+    results = [run_worker(v, prompt) for prompt in args.prompt_len for v in variants]
 
     print(
-        f"pairs/micro-batch {args.pairs}, prompt {args.prompt_len}, answers {args.answer_len}, "
-        f"Llama hidden {args.hidden} x {args.layers} layers, vocab {args.vocab}, float32, sdpa, "
-        f"{next(iter(results.values()))['threads']} threads, median of {args.steps} steps, "
-        f"host load {load_before:.1f} before / {os.getloadavg()[0]:.1f} after "
-        "(other work on the host skews times, not memory)"
+        f"pairs/micro-batch {args.pairs}, answers {args.answer_len}, "
+        f"Llama hidden {args.hidden} x {args.layers} layers, {args.heads} heads, "
+        f"vocab {args.vocab}, float32, sdpa, {results[0]['threads']} threads, "
+        f"median of {args.steps} steps after a {args.warmup_prompt}-token warm-up, host load "
+        f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after (other work on the host "
+        f"skews times, not memory); {time.perf_counter() - began:.0f} s in all"
     )
     print(
-        f"{'variant':<10} {'tokens/step':>11} {'step s':>8} {'step peak MB':>13} "
-        f"{'base RSS MB':>12} {'loss':>9}"
+        f"{'prompt':>7} {'variant':<10} {'tokens/step':>11} {'step s':>8} {'cpu s':>8} "
+        f"{'step peak MB':>13} {'base RSS MB':>12} {'loss':>9}"
     )
-    for r in results.values():
+    for r in results:
         print(
-            f"{r['variant']:<10} {r['tokens']:>11} {r['step_s']:>8.2f} {r['peak_mb']:>13.0f} "
-            f"{r['base_mb']:>12.0f} {r['loss']:>9.5f}"
+            f"{r['prompt']:>7} {r['variant']:<10} {r['tokens']:>11} {r['step_s']:>8.2f} "
+            f"{r['cpu_s']:>8.2f} {r['peak_mb']:>13.0f} {r['base_mb']:>12.0f} {r['loss']:>9.5f}"
         )
-    baseline = results.get("trl") or results.get("unshared")
-    if baseline:
-        for r in results.values():
-            if r is not baseline:
-                time_ratio = r["step_s"] / baseline["step_s"]
-                mem_ratio = r["peak_mb"] / max(baseline["peak_mb"], 1e-9)
-                print(
-                    f"{r['variant']} / {baseline['variant']}: time x{time_ratio:.2f}, "
-                    f"step peak memory x{mem_ratio:.2f}"
-                )
+    print_summary(args, results)
 
 
 if __name__ == "__main__":

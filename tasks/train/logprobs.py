@@ -2,15 +2,11 @@
 
 ``sequence_logprobs`` scores ``prompt + answer`` rows the usual way (one row per answer).
 ``pair_logprobs_shared`` packs ``[prompt | chosen | rejected]`` into ONE row so a long prompt
-is encoded once for both answers (DESIGN.md, "Training"): an explicit 4-D additive mask hides
-the chosen tokens from the rejected ones, and the rejected positions restart after the prompt,
-so each answer sees exactly the context it would see alone.
-
-The custom mask needs ``attn_implementation`` "sdpa" (transformers' default on CPU and the one
-used in tests and bench) or "eager": transformers 5.x ``create_causal_mask`` returns any 4-D
-mask as-is (``masking_utils._preprocess_mask_arguments``) and both kernels add it to the
-attention scores. Flash attention ignores such masks and flex attention wants a ``BlockMask``,
-so they are refused.
+is encoded once for both answers (DESIGN.md, "Training"). The packed row's attention (the
+rejected answer sees the prompt and itself, never the chosen one) is computed by
+``tasks.train.attention`` from the rows' segment lengths, with fused kernels and no L x L mask;
+the rejected positions restart after the prompt, so each answer sees exactly the context it
+would see alone.
 """
 
 from __future__ import annotations
@@ -21,10 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tasks.train.attention import (
+    LAYOUT_KWARG,
+    PairLayout,
+    placeholder_mask,
+    use_shared_prefix_attention,
+)
+
 Ids = Sequence[int] | Tensor
 IGNORE = -100  # label of a position that scores nothing
-_PROMPT, _CHOSEN, _REJECTED, _PAD = 0, 1, 2, 3  # segment ids inside a packed row
-MASKABLE_ATTENTION = ("sdpa", "eager")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def _score(
     attention_mask: Tensor,
     position_ids: Tensor | None,
     labels: Sequence[Tensor],
+    **model_kwargs: object,
 ) -> list[AnswerLogProbs]:
     """One forward; for each ``labels`` tensor ``[B, L]`` (token position t must predict,
     or IGNORE), the summed log-probs. Several label tensors may read the same logit."""
@@ -64,6 +66,7 @@ def _score(
         position_ids=position_ids,
         logits_to_keep=input_ids.size(1) - start,
         use_cache=False,
+        **model_kwargs,
     )
     logits = out.logits.float()  # log-probs in float32 whatever the model dtype
     log_norm = logits.logsumexp(dim=-1)  # avoids a second [B, K, V] tensor from log_softmax
@@ -121,25 +124,6 @@ def pair_logprobs_unshared(
     return chosen, rejected
 
 
-def shared_prefix_mask(segments: Tensor, dtype: torch.dtype) -> Tensor:
-    """Additive mask ``[B, 1, L, L]`` (0 = attend, -inf = blocked) for packed rows whose
-    ``segments`` ``[B, L]`` mark prompt / chosen / rejected / pad tokens.
-
-    Index-causal everywhere; a query sees prompt keys plus keys of its own segment, so the
-    rejected answer never sees the chosen one. Pad queries see only themselves, which keeps
-    every softmax row finite (an all -inf row would give NaN, and NaN·0 still poisons grads).
-    """
-    width = segments.size(1)
-    idx = torch.arange(width, device=segments.device)
-    causal = idx[None, :] <= idx[:, None]  # [q, k]
-    seg_q, seg_k = segments[:, :, None], segments[:, None, :]
-    allowed = causal & ((seg_k == _PROMPT) | (seg_k == seg_q))
-    itself = torch.eye(width, dtype=torch.bool, device=idx.device)
-    allowed = torch.where(seg_q == _PAD, itself, allowed)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
-    return mask.masked_fill_(~allowed, float("-inf")).unsqueeze(1)
-
-
 def pair_logprobs_shared(
     model: nn.Module,
     prompt_ids: Sequence[Ids],
@@ -150,7 +134,8 @@ def pair_logprobs_shared(
     per pair (rows right-padded to the batch max); returns ``(chosen, rejected)``.
 
     Positions are ``0..P+C-1`` for prompt + chosen and ``P..P+R-1`` for rejected, so with
-    ``shared_prefix_mask`` each answer's logits equal those of ``sequence_logprobs``. The
+    the shared-prefix attention each answer's logits equal those of ``sequence_logprobs``. An
+    ``sdpa`` model is switched to that attention (``use_shared_prefix_attention``). The
     first rejected token is predicted by the LAST PROMPT token's logit, the same logit that
     predicts the first chosen token; later rejected tokens by the preceding rejected token.
     """
@@ -158,16 +143,13 @@ def pair_logprobs_shared(
     chosens, rejecteds = _as_lists(chosen_ids, "chosen"), _as_lists(rejected_ids, "rejected")
     if not len(prompts) == len(chosens) == len(rejecteds):
         raise ValueError("prompt_ids, chosen_ids and rejected_ids must have the same length")
-    attn = getattr(model.config, "_attn_implementation", None)
-    if attn not in MASKABLE_ATTENTION:
-        raise ValueError(f"shared-prefix scoring needs attn_implementation in {MASKABLE_ATTENTION}")
+    use_shared_prefix_attention(model)
 
     batch = len(prompts)
     triples = list(zip(prompts, chosens, rejecteds, strict=True))
     width = max(len(p) + len(c) + len(r) for p, c, r in triples)
     input_ids = torch.zeros(batch, width, dtype=torch.long)
     position_ids = torch.zeros_like(input_ids)  # pad positions are never attended to
-    segments = torch.full_like(input_ids, _PAD)
     chosen_labels = torch.full_like(input_ids, IGNORE)
     rejected_labels = torch.full_like(input_ids, IGNORE)
     for i, (p, c, r) in enumerate(triples):
@@ -176,9 +158,6 @@ def pair_logprobs_shared(
         input_ids[i, :end] = torch.tensor(p + c + r)
         position_ids[i, : n_p + n_c] = torch.arange(n_p + n_c)
         position_ids[i, n_p + n_c : end] = torch.arange(n_p, n_p + n_r)  # restart after prompt
-        segments[i, :n_p] = _PROMPT
-        segments[i, n_p : n_p + n_c] = _CHOSEN
-        segments[i, n_p + n_c : end] = _REJECTED
         chosen_labels[i, n_p - 1 : n_p + n_c - 1] = torch.tensor(c)
         # The last prompt token (index n_p - 1) predicts rejected[0]; rejected[j - 1], at
         # index n_p + n_c + j - 1, predicts rejected[j]. The last chosen token predicts nothing.
@@ -186,13 +165,13 @@ def pair_logprobs_shared(
         rejected_labels[i, n_p + n_c : end - 1] = torch.tensor(r[1:], dtype=torch.long)
 
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    mask = shared_prefix_mask(segments.to(device), dtype)
+    layout = PairLayout.of(*([len(x) for x in seg] for seg in (prompts, chosens, rejecteds)))
     chosen, rejected = _score(
         model,
         input_ids.to(device),
-        mask,
+        placeholder_mask(batch, width, device),  # keeps transformers from building a mask
         position_ids.to(device),
         [chosen_labels.to(device), rejected_labels.to(device)],
+        **{LAYOUT_KWARG: layout},
     )
     return chosen, rejected

@@ -6,14 +6,11 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, Qwen2Config
 
-from tasks.train.logprobs import (
-    pair_logprobs_shared,
-    pair_logprobs_unshared,
-    sequence_logprobs,
-    shared_prefix_mask,
-)
+from tasks.train.attention import SHARED_PREFIX_ATTENTION
+from tasks.train.logprobs import pair_logprobs_shared, pair_logprobs_unshared, sequence_logprobs
 from tasks.train.loss import dpo_ce_loss
 
 VOCAB = 256
@@ -53,7 +50,7 @@ LENGTHS = [(7, 2, 4), (3, 5, 1), (12, 1, 6), (5, 3, 3)]
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", SHARED_PREFIX_ATTENTION])
 def test_shared_prefix_matches_separate_rows(family: str, attn: str) -> None:
     model = tiny_model(family, attn)
     prompts, chosen, rejected = random_pairs(LENGTHS)
@@ -90,11 +87,17 @@ def test_rejected_score_ignores_chosen_tokens() -> None:
     assert not torch.allclose(c1.logps, c2.logps)
 
 
-def test_shared_prefix_gradients_match_unshared() -> None:
-    """Training through the packed row gives the same gradients as the two-row layout."""
+@pytest.mark.parametrize(("family", "checkpointing"),
+                         [("llama", False), ("qwen2", False), ("llama", True)])
+def test_shared_prefix_gradients_match_unshared(family: str, checkpointing: bool) -> None:
+    """Training through the packed rows (several pairs, padded) gives the two-row gradients,
+    also when gradient checkpointing recomputes the layers (and their attention) in backward."""
     prompts, chosen, rejected = random_pairs(LENGTHS)
-    model_a = tiny_model().train()
+    model_a = tiny_model(family).train()
     model_b = copy.deepcopy(model_a)
+    if checkpointing:
+        enable = getattr(model_a, "activation_checkpointing_enable", None)  # transformers 5
+        (enable or model_a.gradient_checkpointing_enable)({"use_reentrant": False})
     ref = torch.zeros(len(prompts))
 
     def loss_of(model: PreTrainedModel, pair_fn) -> torch.Tensor:
@@ -110,28 +113,49 @@ def test_shared_prefix_gradients_match_unshared() -> None:
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_mask_layout() -> None:
-    # One row: prompt of 2, chosen of 2, rejected of 1, one pad.
-    segments = torch.tensor([[0, 0, 1, 1, 2, 3]])
-    allowed = shared_prefix_mask(segments, torch.float32)[0, 0] == 0
-    expected = torch.tensor(
-        [
-            [1, 0, 0, 0, 0, 0],
-            [1, 1, 0, 0, 0, 0],
-            [1, 1, 1, 0, 0, 0],
-            [1, 1, 1, 1, 0, 0],
-            [1, 1, 0, 0, 1, 0],  # rejected: prompt + itself, not chosen
-            [0, 0, 0, 0, 0, 1],  # pad: only itself, so no all -inf softmax row
-        ],
-        dtype=torch.bool,
-    )
-    assert torch.equal(allowed, expected)
-    assert shared_prefix_mask(segments, torch.float32).shape == (1, 1, 6, 6)
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest storage (bytes) any op returns, forward and backward alike."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
 
 
-def test_shared_prefix_refuses_attention_without_custom_masks() -> None:
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_no_tensor_grows_with_the_square_of_the_row(family: str) -> None:
+    """Forward and backward of long packed rows never build a width x width mask or score
+    matrix: the largest tensor is the MLP activation, linear in the row length."""
+    prompts, chosen, rejected = random_pairs([(600, 4, 6), (580, 9, 3)])
+    width, mlp_bytes = 610, 2 * 610 * 64 * 4  # [2, width, intermediate 64] float32
+    model = tiny_model(family).train()
+    model.config.max_position_embeddings = 1024
+    with _LargestTensor() as spy:
+        c, r = pair_logprobs_shared(model, prompts, chosen, rejected)
+        (c.logps.sum() + r.logps.sum()).backward()
+    assert mlp_bytes <= spy.largest < width * width * 4 / 2  # half of ONE fp32 score matrix
+
+
+def test_switched_model_scores_plain_rows_as_sdpa() -> None:
+    """After shared-prefix scoring, the same model scores padded plain rows as before."""
     model = tiny_model()
-    model.config._attn_implementation = "flash_attention_2"
+    prompts, chosen, rejected = random_pairs(LENGTHS)
+    with torch.no_grad():
+        before = sequence_logprobs(model, prompts, chosen).logps
+        pair_logprobs_shared(model, prompts, chosen, rejected)
+        assert model.config._attn_implementation == SHARED_PREFIX_ATTENTION
+        after = sequence_logprobs(model, prompts, chosen).logps
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["eager", "flash_attention_2"])
+def test_shared_prefix_refuses_other_attention(attn: str) -> None:
+    model = tiny_model()
+    model.config._attn_implementation = attn
     with pytest.raises(ValueError, match="attn_implementation"):
         pair_logprobs_shared(model, [[1, 2]], [[3]], [[4]])
 
