@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -48,29 +49,53 @@ class Lake:
     def _options(self) -> dict[str, str] | None:
         return storage.delta_storage_options(self.root)
 
-    def ensure(self, name: str) -> DeltaTable:
-        """Open a table, creating it empty with its schema on first use."""
-        uri = self.uri(name)
+    def exists(self) -> bool:
+        """Whether a lake is here at all (any table was ever written under its root)."""
+        tables = storage.join(self.root, "tables")
+        if storage.is_s3(tables):
+            bucket, prefix = storage.split_s3(tables)
+            client = storage.s3_client()
+            try:
+                found = client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
+            except client.exceptions.NoSuchBucket:
+                return False
+            return found.get("KeyCount", 0) > 0
+        return Path(storage.filesystem(tables)[1]).is_dir()
+
+    def open(self, name: str) -> DeltaTable | None:
+        """Open a table; None when it was never written (reading never creates it)."""
+        self.spec(name)
         try:
-            return DeltaTable(uri, storage_options=self._options())
+            return DeltaTable(self.uri(name), storage_options=self._options())
         except TableNotFoundError:
-            if not storage.is_s3(uri):
-                storage.filesystem(uri)[0].create_dir(storage.filesystem(uri)[1])
-            return DeltaTable.create(uri, self.spec(name).schema, mode="ignore",
-                                     storage_options=self._options())
+            return None
+
+    def ensure(self, name: str) -> DeltaTable:
+        """Open a table, creating it empty with its schema on first use (writers only)."""
+        uri = self.uri(name)
+        dt = self.open(name)
+        if dt is not None:
+            return dt
+        if not storage.is_s3(uri):
+            storage.filesystem(uri)[0].create_dir(storage.filesystem(uri)[1])
+        return DeltaTable.create(uri, self.spec(name).schema, mode="ignore",
+                                 storage_options=self._options())
 
     def ensure_all(self) -> None:
         for name in TABLES:
             self.ensure(name)
 
-    def table(self, name: str, version: int | None = None) -> DeltaTable:
-        dt = self.ensure(name)
-        if version is not None:
+    def table(self, name: str, version: int | None = None) -> DeltaTable | None:
+        """The table at a version (default: the newest); None if it was never written."""
+        dt = self.open(name)
+        if dt is not None and version is not None:
             dt.load_as_version(version)
         return dt
 
     def version(self, name: str) -> int:
-        return self.ensure(name).version()
+        """The table's newest version; -1 for a table never written."""
+        dt = self.open(name)
+        return -1 if dt is None else dt.version()
 
     def versions(self) -> dict[str, int]:
         """Current version of every table: the lineage stamp of a dataset or a run."""
@@ -78,7 +103,8 @@ class Lake:
 
     def files(self, name: str, version: int | None = None) -> list[str]:
         """URIs of the table's live Parquet files at a version (default: the newest)."""
-        return self.table(name, version).file_uris()
+        dt = self.table(name, version)
+        return [] if dt is None else dt.file_uris()
 
     def dataset(self, name: str, version: int | None = None) -> pads.Dataset:
         """A pyarrow dataset of the table's live files in the declared schema.

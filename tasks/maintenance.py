@@ -51,14 +51,16 @@ def pinned_versions(lake: Lake) -> dict[str, list[int]]:
 def maintain_table(lake: Lake, name: str, pinned: list[int], *,
                    retention_hours: int = DEFAULT_RETENTION_HOURS, compact: bool = True,
                    dry_run: bool = False) -> TableMaintenance:
-    dt = lake.ensure(name)
+    dt = lake.open(name)
+    if dt is None:  # never written: nothing to do, and maintenance creates nothing
+        return TableMaintenance(name, 0, 0, 0, 0, [])
     before = len(dt.file_uris())
     removed = 0
     if compact and not dry_run and before > 1:
         metrics = dt.optimize.compact()
         removed = int(metrics.get("numFilesRemoved", 0))
         dt = lake.ensure(name)
-    live = [v for v in pinned if v <= dt.version()]
+    live = [v for v in pinned if 0 <= v <= dt.version()]
     deleted = dt.vacuum(retention_hours=retention_hours, dry_run=dry_run,
                         enforce_retention_duration=False, keep_versions=live or None)
     return TableMaintenance(name, before, len(lake.ensure(name).file_uris()), removed,

@@ -33,11 +33,12 @@ def test_duplicate_keys_within_one_batch_keep_the_first(lake):
 
 
 def test_each_write_is_a_version_and_old_versions_stay_readable(lake):
-    v0 = lake.version("ingested_objects")
+    assert lake.version("ingested_objects") == -1  # never written
     lake.upsert("ingested_objects", _objects("a"))
+    v1 = lake.version("ingested_objects")
     lake.upsert("ingested_objects", _objects("b"))
-    assert lake.version("ingested_objects") == v0 + 2
-    assert lake.read("ingested_objects", version=v0 + 1).column("etag").to_pylist() == ["a"]
+    assert lake.version("ingested_objects") == v1 + 1
+    assert lake.read("ingested_objects", version=v1).column("etag").to_pylist() == ["a"]
 
 
 def test_filtered_reads_work_on_delta_string_columns(lake):
@@ -96,3 +97,20 @@ def test_a_table_made_before_a_column_was_added_keeps_working(lake):
     con = catalog.connect(lake)
     assert sorted(con.execute("SELECT information, chunk_tokens FROM key_points").fetchall(),
                   key=str) == [("new", 512), ("old", None)]
+
+
+def test_reading_never_writes(tmp_path, bucket):
+    """Reading a lake that is not there (a mistyped --lake) answers empty and creates nothing:
+    no folder, no bucket objects, no tables."""
+    from tasks import catalog, storage
+
+    missing = Lake(str(tmp_path / "nope"))
+    assert not missing.exists()
+    assert missing.read("prompts").num_rows == 0 and missing.version("prompts") == -1
+    assert catalog.connect(missing).execute("SELECT count(*) FROM rewards").fetchone() == (0,)
+    assert not (tmp_path / "nope").exists()
+    remote = Lake(f"s3://{bucket}/typo")
+    assert not remote.exists() and remote.count("judgments") == 0
+    assert storage.s3_client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    remote.upsert("ingested_objects", _objects("a"))
+    assert remote.exists() and remote.count("ingested_objects") == 1
