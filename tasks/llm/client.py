@@ -66,9 +66,27 @@ class ChatResult:
 
 
 def api_key_from_env(role: str) -> str:
-    """``LONGREWARD_<ROLE>_API_KEY``, else ``OPENAI_API_KEY``, else ``EMPTY`` (local vLLM)."""
-    return (os.environ.get(f"LONGREWARD_{role.upper()}_API_KEY")
-            or os.environ.get("OPENAI_API_KEY") or "EMPTY")
+    """The API key for ``role``: ``LONGREWARD_<ROLE>_API_KEY``, else the Prefect Secret block
+    ``longreward-<role>-api-key`` (looked up only when a Prefect API is configured, so a plain
+    CLI run never starts a temporary server for it), else ``OPENAI_API_KEY``, else ``EMPTY``
+    (a local vLLM needs none). The value is never logged and never stored."""
+    key = os.environ.get(f"LONGREWARD_{role.upper()}_API_KEY") or _secret_block(role) \
+        or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    return key
+
+
+def _secret_block(role: str) -> str | None:
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is None:
+            return None
+    from prefect.blocks.system import Secret
+
+    try:
+        return Secret.load(f"longreward-{role}-api-key").get()
+    except (ValueError, LookupError):  # no such block
+        return None
 
 
 def default_cache_path(settings: Any) -> Path:

@@ -56,3 +56,19 @@ def test_gpu_job_template_requests_gpus():
     for name in ("zero2.json", "zero3.json"):
         config = json.loads((ROOT / "infra/deepspeed" / name).read_text())
         assert config["zero_optimization"]["stage"] == int(name[4])
+
+
+def test_api_keys_come_from_the_environment_then_a_prefect_secret_block(prefect_api,
+                                                                        monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from tasks.llm.client import api_key_from_env
+
+    monkeypatch.delenv("LONGREWARD_JUDGE_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    assert api_key_from_env("judge") == "EMPTY"
+    Secret(value="sk-from-block").save("longreward-judge-api-key", overwrite=True)
+    assert api_key_from_env("judge") == "sk-from-block"
+    monkeypatch.setenv("LONGREWARD_JUDGE_API_KEY", "sk-from-env")
+    assert api_key_from_env("judge") == "sk-from-env"   # the environment wins
