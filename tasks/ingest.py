@@ -20,6 +20,7 @@ from tasks.lake import Lake
 from tasks.records import Record, Reject, excerpt, parse_object
 from tasks.sources import ObjectVanished, SourceObject, list_objects, read_object
 from tasks.tokens import count_tokens, load_tokenizer
+from tasks.unpack import Unreadable, unpack
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,13 @@ def ingest_object(lake: Lake, obj: SourceObject, options: IngestOptions, run_id:
     result.bytes = len(data)
     records: list[Record] = []
     rejects: list[Reject] = []
-    for item in parse_object(obj.name, data):
-        (records if isinstance(item, Record) else rejects).append(item)
+    try:
+        name, data = unpack(obj.name, data)
+    except Unreadable as err:
+        rejects.append(Reject(None, "unreadable_object", f"{obj.name}: {err}"))
+    else:
+        for item in parse_object(name, data):
+            (records if isinstance(item, Record) else rejects).append(item)
     del data
     records, dup_rejects = _drop_duplicates(lake, obj, records)
     rejects += dup_rejects
