@@ -37,12 +37,14 @@ def view_sql() -> list[str]:
 
 def _base_view_sql(lake: Lake, name: str, con: duckdb.DuckDBPyConnection) -> None:
     """A view of one lake table over its live Parquet files (DuckDB's own reader)."""
-    files = lake.files(name)
+    dt = lake.table(name)
+    files = [] if dt is None else dt.file_uris()
     if files:
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         source = f"read_parquet([{listed}], union_by_name = true)"
-        # A column added to the table after its files were written reads as NULL.
-        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        # A column the spec added after this table's last write reads as NULL (a column in
+        # the table's schema is in at least one file: union_by_name fills the others).
+        present = {field.name for field in dt.schema().fields}
         columns = [field.name if field.name in present
                    else f"CAST(NULL AS {_DUCK_TYPES.get(field.type, 'VARCHAR')}) AS {field.name}"
                    for field in lake.spec(name).schema]
