@@ -175,8 +175,11 @@ def trigger_training_task(dataset_version: str, deployment: str = TRAIN_DEPLOYME
     """Start the training deployment on the dataset version, without waiting for it."""
     from prefect.deployments import run_deployment
 
+    # One training per dataset version: a retried task (or a rerun of the night) finds the
+    # flow run the first attempt created instead of starting a second training.
     run = run_deployment(deployment, parameters={"dataset_version": dataset_version},
-                         timeout=0, tags=["longreward", f"dataset:{dataset_version}"])
+                         timeout=0, tags=["longreward", f"dataset:{dataset_version}"],
+                         idempotency_key=f"train-{dataset_version}")
     _log().info("training run %s triggered on %s", run.id, dataset_version)
     return str(run.id)
 
@@ -226,7 +229,7 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
     counts["publish"] = pair_publish_task(settings, run_id)
     report_task(settings, run_id)
     version = counts["publish"]["dataset_version"]
-    if train and version:
+    if train and version and counts["publish"]["created"]:  # only a new version trains
         counts["training_run"] = trigger_training_task(version, train_deployment)
     return counts
 

@@ -219,3 +219,6 @@ def test_training_trigger_receives_the_dataset_version(prefect_api):
     assert run.deployment_id == deployment_id
     assert run.parameters == {"dataset_version": "v7"}
     assert re.fullmatch(r"[0-9a-f-]{36}", run_id)
+    # a retried trigger (or a rerun of the night) finds the same training, not a second one
+    assert trigger_training_task.fn("v7", deployment="train-dpo-probe/probe") == run_id
+    assert trigger_training_task.fn("v8", deployment="train-dpo-probe/probe") != run_id
