@@ -22,9 +22,12 @@ others over ssh through a hostfile; on Kubernetes every pod runs torchrun instea
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint "$MASTER:29500" \\
         -m tasks.train.trainer <the same arguments>
 
-Each process reads RANK / WORLD_SIZE / LOCAL_RANK from the environment. Rank 0 alone writes the
-reference file, the Hugging Face weights and the ``models`` row; every rank uploads its own
-ZeRO shards into the same checkpoint folder, which then needs no shared filesystem.
+Each process reads RANK / WORLD_SIZE / LOCAL_RANK from the environment (``loop.Processes``);
+several processes without a DeepSpeed config train with DistributedDataParallel (NCCL on GPUs,
+gloo on CPUs). Rank 0 alone writes the reference file, the Hugging Face weights and the
+``models`` row; every rank uploads its own ZeRO shards into the same checkpoint folder, which
+then needs no shared filesystem. The ``train-dpo`` flow launches this module under torchrun
+with one process per GPU of its job.
 """
 
 from __future__ import annotations
@@ -49,18 +52,18 @@ from typing import Literal
 import numpy as np
 import pyarrow.fs as pafs
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks import storage
 from tasks.lake import Lake
 from tasks.publish import code_revision, get_version, load_version
-from tasks.train.data import step_pairs, tokenize_pairs
-from tasks.train.logprobs import pair_logprobs_shared, pair_logprobs_unshared
-from tasks.train.loss import LossConfig, dpo_ce_loss
+from tasks.train.data import tokenize_pairs
+from tasks.train.loop import Processes, TrainingLoop, rng_state
+from tasks.train.loss import LossConfig
 from tasks.train.reference import load_or_compute_reference
 
 log = logging.getLogger(__name__)
-STATE_FILE, DONE_FILE = "training_state.pt", "COMPLETE"
+DONE_FILE = "COMPLETE"
 
 
 def _opt(default, text: str):
@@ -146,61 +149,61 @@ def latest_checkpoint(uri: str) -> tuple[int, str] | None:
     return max(done) if done else None
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _local_copy(resume_dir: str | None, scratch: str) -> str | None:
+    """A checkpoint on s3:// is fetched by every rank (each needs its own shards)."""
+    if resume_dir and storage.is_s3(resume_dir):
+        fs, path = storage.filesystem(resume_dir)
+        local = tempfile.mkdtemp(dir=scratch)
+        pafs.copy_files(path, local, source_filesystem=fs)
+        return local
+    return resume_dir
 
 
-class _EngineForward:
-    """The model as the log-prob functions use it (``config``, ``parameters()``, a call),
-    served by a DeepSpeed engine, whose own ``config`` is its JSON."""
+def _load_models(config: TrainConfig, version, pairs, procs: Processes,
+                 resume_dir: str | None):
+    """(policy model, reference log-probs): the reference from the frozen base model, computed
+    once by rank 0 and stored beside the version (others wait, then read it)."""
+    # DeepSpeed keeps fp32 master weights itself; the plain loop keeps them in the model.
+    dtype = torch.bfloat16 if config.deepspeed and config.bf16 else torch.float32
 
-    def __init__(self, engine) -> None:
-        self.engine, self.config, self.parameters = engine, engine.module.config, engine.parameters
+    def load(path: str):
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation="sdpa").to(procs.device)
 
-    def __call__(self, **kwargs):
-        return self.engine(**kwargs)
-
-
-def _deepspeed(config: TrainConfig, world: int, **objects) -> tuple:
-    import deepspeed  # the GPU pool's dependency only: pip install '.[gpu]'
-
-    ds = json.loads(Path(config.deepspeed).read_text())
-    ds |= {"train_micro_batch_size_per_gpu": config.micro_batch_size,
-           "gradient_accumulation_steps": config.grad_accumulation,
-           "train_batch_size": config.micro_batch_size * config.grad_accumulation * world,
-           "gradient_clipping": config.max_grad_norm}
-    ds.setdefault("bf16", {})["enabled"] = config.bf16
-    engine, optimizer, _, scheduler = deepspeed.initialize(config=ds, **objects)
-    return engine, optimizer, scheduler
+    # The plain loop resumes from the checkpoint's weights, DeepSpeed from base + its state.
+    model = None if resume_dir and not config.deepspeed else load(config.base_model)
+    if procs.rank != 0:
+        procs.barrier()  # rank 0 computes and stores the reference first
+    with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        ref = load_or_compute_reference(
+            version, pairs, config.base_model, model or (lambda: load(config.base_model)),
+            micro_batch_size=config.micro_batch_size, shared_prefix=config.shared_prefix,
+            write=procs.rank == 0)
+    if procs.rank == 0:
+        procs.barrier()
+    model = model or load(resume_dir)
+    if config.gradient_checkpointing:  # transformers 5 renamed it; 4.x has the old name only
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)({"use_reentrant": False})
+    model.train()
+    return model, ref
 
 
 def train_dpo(lake: Lake, config: TrainConfig, run_id: str,
               on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Train, checkpoint and record one model; ``on_step(step, metrics)`` after each step."""
-    env = os.environ
-    rank, world, local_rank = (int(env.get(k, d)) for k, d in
-                               (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-    if world > 1 and not config.deepspeed:
-        raise ValueError("multi-process training needs deepspeed= (a ZeRO config)")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    """Train, checkpoint and record one model; ``on_step(step, metrics)`` after each step.
+
+    One process, or several (RANK / WORLD_SIZE from torchrun or deepspeed): DDP, or DeepSpeed
+    ZeRO when ``deepspeed`` names a config.
+    """
+    procs = Processes.join(dict(os.environ))
+    _seed(config.seed)
     version = get_version(lake, config.dataset_version)
     model_version = config.model_version or f"m-{run_id}"
     ckpt_root = config.checkpoint_uri or storage.join(lake.root, "checkpoints", model_version)
@@ -213,141 +216,42 @@ def train_dpo(lake: Lake, config: TrainConfig, run_id: str,
                                        config.truncate)
     if not pairs:
         raise ValueError(f"dataset version {version.version} has no pairs")
-    # DeepSpeed keeps fp32 master weights itself; the plain loop keeps them in the model.
-    dtype = torch.bfloat16 if config.deepspeed and config.bf16 else torch.float32
-
-    def load(path: str):
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa").to(device)
-
     scratch = tempfile.TemporaryDirectory(prefix="longreward-train-")
-    resume_dir = latest[1] if latest else None
-    if resume_dir and storage.is_s3(resume_dir):  # every rank fetches it (its own shards)
-        fs, path = storage.filesystem(resume_dir)
-        pafs.copy_files(path, resume_dir := tempfile.mkdtemp(dir=scratch.name),
-                        source_filesystem=fs)
-    # The plain loop resumes from the checkpoint's weights, DeepSpeed from base + its state.
-    model = None if resume_dir and not config.deepspeed else load(config.base_model)
-    if world > 1 and rank != 0:
-        torch.distributed.barrier()  # rank 0 computes and stores the reference first
-    with autocast:
-        ref = load_or_compute_reference(
-            version, pairs, config.base_model, model or (lambda: load(config.base_model)),
-            micro_batch_size=config.micro_batch_size, shared_prefix=config.shared_prefix,
-            write=rank == 0)
-    if world > 1 and rank == 0:
-        torch.distributed.barrier()
-    model = model or load(resume_dir)
-    if config.gradient_checkpointing:  # transformers 5 renamed it; 4.x has the old name only
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        (enable or model.gradient_checkpointing_enable)({"use_reentrant": False})
-    model.train()
-    global_batch = config.micro_batch_size * config.grad_accumulation * world
+    resume_dir = _local_copy(latest[1] if latest else None, scratch.name)
+    model, ref = _load_models(config, version, pairs, procs, resume_dir)
+    global_batch = config.micro_batch_size * config.grad_accumulation * procs.world
     max_steps = config.max_steps or math.ceil(config.epochs * len(pairs) / global_batch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        "cosine" if config.schedule == "cosine" else "constant_with_warmup", optimizer,
-        num_warmup_steps=config.warmup_steps, num_training_steps=max_steps)
-    engine, start, history = None, 0, []
-    if config.deepspeed:
-        engine, optimizer, scheduler = _deepspeed(config, world, model=model,
-                                                  optimizer=optimizer, lr_scheduler=scheduler)
-    if resume_dir:
-        if engine:
-            state = engine.load_checkpoint(resume_dir, tag="ds")[1]
-        else:
-            state = torch.load(Path(resume_dir, STATE_FILE), weights_only=False)  # our file
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        start, history = state["step"], state["history"]
-        _set_rng_state(state["rng"])
-        if start > max_steps:
-            raise ValueError(f"the checkpoint is at step {start}, past max_steps {max_steps}")
-    scorer = _EngineForward(engine) if engine else model
-    pair_fn = pair_logprobs_shared if config.shared_prefix else pair_logprobs_unshared
-    loss_config = LossConfig(config.beta, config.ce_weight)
+    loop = TrainingLoop(config, model, pairs, ref, procs, max_steps)
+    start, history = loop.restore(resume_dir) if resume_dir else (0, [])
 
-    def save(step: int) -> str:
-        """Weights (save_pretrained), tokenizer, step, history, optimizer, scheduler and RNG,
-        then COMPLETE. In place for a folder; for s3:// in a temp dir, then uploaded."""
+    def save(step: int) -> None:
+        """Into the step's folder (in a temp dir first for s3://), then COMPLETE."""
         uri = storage.join(ckpt_root, f"step-{step:08d}")
         local = tempfile.mkdtemp(dir=scratch.name) if storage.is_s3(uri) else uri
-        state = {"step": step, "history": history, "rng": _rng_state()}
-        if engine:  # every rank writes its ZeRO shards; the 16-bit weights are gathered
-            engine.save_checkpoint(local, tag="ds", client_state=state)
-            engine.save_16bit_model(local)
-        if rank == 0:
-            if engine:
-                engine.module.config.save_pretrained(local)
-            else:
-                model.save_pretrained(local)
-                torch.save(state | {"optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict()}, Path(local, STATE_FILE))
-            tokenizer.save_pretrained(local)
-            Path(local, "metrics.json").write_text(json.dumps(history, indent=1))
+        loop.save(local, {"step": step, "history": history, "rng": rng_state()}, tokenizer,
+                  history)
         if local != uri:
             fs, path = storage.filesystem(uri)
             pafs.copy_files(local, path, destination_filesystem=fs)
-        if world > 1:
-            torch.distributed.barrier()
-        if rank == 0:
+        procs.barrier()
+        if procs.rank == 0:
             storage.write_bytes(storage.join(uri, DONE_FILE), run_id.encode())
-        return uri
 
-    per_rank = config.micro_batch_size * config.grad_accumulation
     for step in range(start, max_steps):
-        began = time.perf_counter()
-        mine = step_pairs(step, len(pairs), global_batch, config.seed)[rank * per_rank :]
-        parts = []
-        for j in range(config.grad_accumulation):
-            idx = mine[j * config.micro_batch_size :][: config.micro_batch_size]
-            batch = [pairs[i] for i in idx]
-            with autocast:
-                c, r = pair_fn(scorer, [p.prompt_ids for p in batch],
-                               [p.chosen_ids for p in batch], [p.rejected_ids for p in batch])
-            loss, metrics = dpo_ce_loss(c.logps, r.logps, ref.chosen[idx].to(device),
-                                        ref.rejected[idx].to(device), c.nll_sum, c.n_tokens,
-                                        loss_config)
-            if engine:
-                engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
-                engine.step()  # a real optimizer step only at the accumulation boundary
-            else:
-                (loss / config.grad_accumulation).backward()
-            tokens = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
-                         for p in batch)
-            parts.append(metrics | {"loss": loss.item(), "tokens": float(tokens)})
-        lr = scheduler.get_last_lr()[0]
-        if engine:
-            grad_norm = float(engine.get_global_grad_norm() or 0.0)
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                model.parameters(), config.max_grad_norm or float("inf")))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        row = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
-        row["tokens"] *= len(parts) * world  # a sum; the rest are means
-        if world > 1:
-            values = torch.tensor(list(row.values()), device=device, dtype=torch.float64)
-            torch.distributed.all_reduce(values)
-            row = dict(zip(row, (values / world).tolist(), strict=True))
-        row |= {"step": step + 1, "lr": lr, "grad_norm": grad_norm,
-                "epoch": (step + 1) * global_batch / len(pairs),
-                "seconds": time.perf_counter() - began}
+        row = loop.step(step)
         history.append(row)
         log.info("step %d/%d loss %.4f dpo %.4f ce %.4f margin %.4f acc %.2f lr %.3g", step + 1,
                  max_steps, row["loss"], row["loss/dpo"], row["loss/ce"],
-                 row["rewards/margins"], row["rewards/accuracies"], lr)
+                 row["rewards/margins"], row["rewards/accuracies"], row["lr"])
         if step + 1 == max_steps or (config.checkpoint_every
                                      and (step + 1) % config.checkpoint_every == 0):
             save(step + 1)
-        if on_step and rank == 0:
+        if on_step and procs.rank == 0:
             on_step(step + 1, row)
 
     final_uri, final = storage.join(ckpt_root, f"step-{max_steps:08d}"), dict(history[-1])
-    if rank == 0:
-        hyper = asdict(config) | {"global_batch": global_batch, "world_size": world,
+    if procs.rank == 0:
+        hyper = asdict(config) | {"global_batch": global_batch, "world_size": procs.world,
                                   "max_steps": max_steps, "pairs": len(pairs)}
         metrics = {"final": final, "first_loss": history[0]["loss"], "steps": len(history),
                    "truncation": truncation.as_dict(), "reference_uri": ref.uri,
