@@ -7,6 +7,9 @@ GPU), with a tiny model built on the spot when no base model is given.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +52,65 @@ def train_locally(settings: Settings, dataset_version: str, base_model: str | No
     return {"run_id": run_id, **summary}
 
 
+def _flag(name: str, value: Any) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    return [] if value is None else [flag, str(value)]
+
+
+def processes_for_job() -> int:
+    """One training process per GPU this job can see (one on a CPU-only machine)."""
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def train_launched(settings: Settings, dataset_version: str, processes: int,
+                   base_model: str | None = None, max_steps: int | None = None,
+                   deepspeed: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train in ``processes`` worker processes under torchrun (one per GPU: DDP, or DeepSpeed
+    ZeRO with ``deepspeed``); waits, then returns the summary from the ``models`` row."""
+    run_id = new_run_id()
+    base = base_model or settings.base_model or _tiny_base_model(settings)
+    options = {"base_model": base, "dataset_version": dataset_version, "deepspeed": deepspeed,
+               "checkpoint_uri": storage.join(settings.lake, "checkpoints", run_id),
+               "max_steps": max_steps, **overrides}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes}", "-m", "tasks.train.trainer",
+               "--lake", settings.lake, "--run-id", run_id]
+    for name, value in options.items():
+        command += _flag(name, value)
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"training ({processes} processes) exited with {done.returncode}")
+    rows = [r for r in Lake(settings.lake).read("models").to_pylist() if r["run_id"] == run_id]
+    if not rows:
+        raise RuntimeError(f"training run {run_id} finished without a models row")
+    row = rows[0]
+    return {"run_id": run_id, "model_version": row["model_version"],
+            "dataset_version": row["dataset_version"], "checkpoint_uri": row["checkpoint_uri"],
+            "processes": processes, "final_metrics": json.loads(row["metrics"])["final"]}
+
+
 @flow(name="train-dpo", log_prints=True)
 def train_dpo(dataset_version: str, base_model: str | None = None, lake: str | None = None,
               config: str | None = None, deepspeed: str | None = None,
-              max_steps: int | None = None, overrides: dict[str, Any] | None = None) -> dict:
-    """Train DPO + CE on ``dataset_version`` and record the model version in ``models``."""
+              max_steps: int | None = None, processes: int | None = None,
+              overrides: dict[str, Any] | None = None) -> dict:
+    """Train DPO + CE on ``dataset_version`` and record the model version in ``models``.
+
+    ``processes`` (default: one per GPU of the job) > 1 launches the trainer under torchrun;
+    one process trains in this one.
+    """
     settings = load_settings(config, lake=lake)
-    summary = train_locally(settings, dataset_version, base_model, max_steps, deepspeed,
-                            **(overrides or {}))
-    get_run_logger().info("trained %s on %s", summary.get("model_version"), dataset_version)
+    n = processes or processes_for_job()
+    if n > 1:
+        summary = train_launched(settings, dataset_version, n, base_model, max_steps, deepspeed,
+                                 **(overrides or {}))
+    else:
+        summary = train_locally(settings, dataset_version, base_model, max_steps, deepspeed,
+                                **(overrides or {}))
+    get_run_logger().info("trained %s on %s (%d process(es))", summary.get("model_version"),
+                          dataset_version, n)
     return summary

@@ -226,3 +226,22 @@ def test_checkpoints_on_s3_resume(lake: Lake, version: DatasetVersion, base_mode
     names = {k.rsplit("/", 1)[1] for k in keys}
     assert {"model.safetensors", "config.json", "training_state.pt", "tokenizer.json",
             "COMPLETE"} <= names
+
+
+def test_the_flow_launches_one_process_per_gpu_under_torchrun(lake: Lake, version: DatasetVersion,
+                                                              base_model: str) -> None:
+    """Two processes on CPU (gloo, DDP) stand in for a job's GPUs."""
+    from flows.train import train_launched
+    from tasks.config import load_settings
+
+    settings = load_settings(None, lake=lake.root)
+    summary = train_launched(settings, version.version, 2, base_model=base_model,
+                             max_steps=2, lr=1e-3, micro_batch_size=1)
+    row = lake.read("models").to_pylist()[0]
+    hyper, metrics = json.loads(row["hyperparameters"]), json.loads(row["metrics"])
+    assert (hyper["world_size"], hyper["global_batch"], metrics["steps"]) == (2, 2, 2)
+    assert summary["model_version"] == row["model_version"] and summary["processes"] == 2
+    trained = AutoModelForCausalLM.from_pretrained(row["checkpoint_uri"])
+    base = AutoModelForCausalLM.from_pretrained(base_model)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), base.parameters(),
+                                                     strict=True))
