@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
@@ -167,6 +167,10 @@ def report_task(settings: Settings, run_id: str) -> str | None:
     markdown = report.render_markdown(stats, plots)
     create_markdown_artifact(markdown=markdown, key="nightly-report",
                              description=f"longreward nightly run {run_id}")
+    for name, rows in report.table_artifacts(stats).items():
+        if rows:
+            create_table_artifact(table=rows, key=f"nightly-{name}",
+                                  description=f"longreward nightly run {run_id}: {name}")
     return markdown
 
 

@@ -1,12 +1,15 @@
 """The run report: what one nightly run did, as numbers, score plots and markdown.
 
 ``collect_run_stats`` reads the lake through the DuckDB catalog (bound parameters only);
-``plot_score_distributions`` saves one PNG per dimension plus the reward into the lake (local
-or ``s3://``); ``render_markdown`` is the Prefect artifact, ``render_terminal`` the CLI view.
+``plot_score_distributions`` saves two PNGs into the lake (local or ``s3://``): the run's
+scores (a panel per dimension and the reward) and each dimension's mean over the last runs;
+``render_markdown`` (images embedded) and ``table_artifacts`` are the Prefect artifacts,
+``render_terminal`` the CLI view.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass, field
 
@@ -152,60 +155,113 @@ def latest_run_id(lake: Lake) -> str | None:
         con.close()
 
 
-def _histogram_png(name: str, scores: list[float], failed: int) -> bytes:
+def _figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, without pyplot's state
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(5, 3), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    mean = f"{sum(scores) / len(scores):.2f}" if scores else "n/a"
-    ax.set_title(f"{name}: n={len(scores)}, mean={mean}, failed={failed}", fontsize=10)
-    if scores:
-        ax.hist(scores, bins=[i / 2 for i in range(21)], range=(0, 10), color="#4c72b0",
-                edgecolor="white")
-    else:
-        ax.text(5, 0.5, "no scores", ha="center", va="center", color="grey")
-        ax.set_ylim(0, 1)
-    ax.set_xlim(0, 10)
-    ax.set_xticks(range(11))
-    ax.set_xlabel("score (0-10)")
-    ax.set_ylabel("responses")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    def make(width: float, height: float):
+        fig = Figure(figsize=(width, height), dpi=100)
+        FigureCanvasAgg(fig)
+        return fig
+    return make
+
+
+def _png(fig) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def plot_score_distributions(lake: Lake, run_id: str, out_dir_uri: str | None = None,
-                             ) -> list[str]:
-    """One histogram PNG per dimension and one for the reward; returns the URIs written.
+def scores_png(series: list[tuple[str, list[float], int]]) -> bytes:
+    """One figure, one histogram panel per dimension (and the reward)."""
+    from matplotlib.ticker import MaxNLocator
 
-    Files go to ``<out_dir_uri>/<name>.png`` (default ``<lake>/reports/<run_id>``). A dimension
-    with no judgment in the run gets no plot, so a run that scored nothing returns ``[]``.
+    fig = _figure()(4 * len(series), 3)
+    for i, (name, scores, failed) in enumerate(series, start=1):
+        ax = fig.add_subplot(1, len(series), i)
+        mean = f"{sum(scores) / len(scores):.2f}" if scores else "n/a"
+        ax.set_title(f"{name}\nn={len(scores)}, mean={mean}, failed={failed}", fontsize=9)
+        if scores:
+            ax.hist(scores, bins=[i / 2 for i in range(21)], range=(0, 10), color="#4c72b0",
+                    edgecolor="white")
+        else:
+            ax.text(5, 0.5, "no scores", ha="center", va="center", color="grey")
+            ax.set_ylim(0, 1)
+        ax.set_xlim(0, 10)
+        ax.set_xticks(range(0, 11, 2))
+        ax.set_xlabel("score (0-10)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.axes[0].set_ylabel("responses")
+    return _png(fig)
+
+
+def trend_png(runs: list[str], means: dict[str, list[float | None]]) -> bytes:
+    """Mean score of each dimension over consecutive runs, so drift is visible."""
+    fig = _figure()(8, 3.5)
+    ax = fig.add_subplot()
+    for name, values in means.items():
+        ax.plot(range(len(runs)), [float("nan") if v is None else v for v in values],
+                marker="o", label=name)
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels([r[:15] for r in runs], rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(0, 10)
+    ax.set_ylabel("mean score")
+    ax.set_title(f"mean score per run (last {len(runs)} runs)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left", ncols=len(means))
+    return _png(fig)
+
+
+def _run_series(con, run_id: str) -> list[tuple[str, list[float], int]]:
+    series = []
+    for dim in DIMENSIONS:
+        rows = con.execute("SELECT score FROM judgments WHERE run_id = ? AND dimension = ?",
+                           [run_id, dim]).fetchall()
+        if rows:
+            scores = [r for (r,) in rows if r is not None]
+            series.append((dim, scores, len(rows) - len(scores)))
+    rows = con.execute("SELECT reward FROM rewards WHERE run_id = ?", [run_id]).fetchall()
+    if rows:
+        rewards = [r for (r,) in rows if r is not None]
+        series.append(("reward", rewards, len(rows) - len(rewards)))
+    return series
+
+
+def _trend(con, run_id: str, last: int) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Mean score per dimension of the last ``last`` scoring runs up to ``run_id``."""
+    rows = con.execute(
+        "SELECT run_id, dimension, avg(score) FROM judgments WHERE run_id IN ("
+        " SELECT DISTINCT run_id FROM judgments WHERE run_id <= ? ORDER BY run_id DESC LIMIT ?)"
+        " GROUP BY ALL", [run_id, last]).fetchall()
+    runs = sorted({r for r, _, _ in rows})
+    means: dict[str, list[float | None]] = {d: [None] * len(runs) for d in DIMENSIONS}
+    for run, dim, mean in rows:
+        if dim in means:
+            means[dim][runs.index(run)] = mean
+    return runs, means
+
+
+def plot_score_distributions(lake: Lake, run_id: str, out_dir_uri: str | None = None,
+                             trend_runs: int = 14) -> list[str]:
+    """The run's score figure (a panel per dimension and the reward) and the trend of each
+    dimension's mean over the last ``trend_runs`` runs; returns the URIs written.
+
+    Files go to ``<out_dir_uri>/scores.png`` and ``trend.png`` (default
+    ``<lake>/reports/<run_id>``). A run that scored nothing gets no plot and returns ``[]``.
     """
     out = out_dir_uri or storage.join(lake.root, "reports", run_id)
     con = catalog.connect(lake)
     try:
-        series: list[tuple[str, list[float], int]] = []
-        for dim in DIMENSIONS:
-            rows = con.execute("SELECT score FROM judgments WHERE run_id = ? AND dimension = ?",
-                               [run_id, dim]).fetchall()
-            if rows:
-                scores = [r for (r,) in rows if r is not None]
-                series.append((dim, scores, len(rows) - len(scores)))
-        rows = con.execute("SELECT reward FROM rewards WHERE run_id = ?", [run_id]).fetchall()
-        if rows:
-            rewards = [r for (r,) in rows if r is not None]
-            series.append(("reward", rewards, len(rows) - len(rewards)))
+        series = _run_series(con, run_id)
+        runs, means = _trend(con, run_id, trend_runs) if series else ([], {})
     finally:
         con.close()
+    if not series:
+        return []
     uris = []
-    for name, scores, failed in series:
+    for name, data in (("scores", scores_png(series)), ("trend", trend_png(runs, means))):
         uri = storage.join(out, f"{name}.png")
-        storage.write_bytes(uri, _histogram_png(name, scores, failed))
+        storage.write_bytes(uri, data)
         uris.append(uri)
     return uris
 
@@ -261,11 +317,32 @@ def render_markdown(stats: RunStats, plot_uris: list[str]) -> str:
         if reasons:
             lines += [f"## {title}", "", *(f"- {n} × {_cell(r)}" for r, n in reasons), ""]
     if plot_uris:
-        lines += ["## Score distributions", ""]
+        # Embedded (a data URI), so the image shows wherever the artifact is read, not only
+        # on the worker that wrote the file; the file's place in the lake follows it.
+        lines += ["## Score distributions and trend", ""]
         for uri in plot_uris:
             name = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".png")
-            lines.append(f"![{name}]({uri})")
+            data = base64.b64encode(storage.read_bytes(uri)).decode()
+            lines += [f"![{name}](data:image/png;base64,{data})", f"`{uri}`", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def table_artifacts(stats: RunStats) -> dict[str, list[dict]]:
+    """The report's tables as rows, for Prefect table artifacts (sortable in the UI)."""
+    columns = ["dimension", "scored", "failed", "mean", "p10", "p50", "p90"]
+    return {
+        "counts": [dict(stats.headline()) | {"rewarded": stats.rewarded,
+                                             "dataset_version": stats.dataset_version or ""}],
+        "scores": [dict(zip(columns, row, strict=True)) for row in _dimension_rows(stats)],
+        "failures": [{"kind": kind, "reason": r, "count": n}
+                     for kind, reasons in (("judgment", stats.failure_reasons),
+                                           ("reject", stats.reject_reasons),
+                                           ("pairing skip", stats.skip_reasons))
+                     for r, n in reasons],
+        "cost": [{"role": u.role, "models": u.models, "calls": u.calls, "cached": u.cached,
+                  "tokens_in": u.tokens_in, "tokens_out": u.tokens_out,
+                  "cost_usd": u.cost_usd} for u in stats.llm],
+    }
 
 
 def render_terminal(stats: RunStats):

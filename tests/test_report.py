@@ -116,19 +116,25 @@ def test_stats_count_only_the_run(lake: Lake) -> None:
 def test_markdown_plots_and_terminal(lake: Lake, tmp_path: Path) -> None:
     stats = report.collect_run_stats(lake, "r1")
     uris = report.plot_score_distributions(lake, "r1")
-    names = [Path(u).name for u in uris]
-    assert names == [f"{d}.png" for d in report.DIMENSIONS] + ["reward.png"]
+    assert [Path(u).name for u in uris] == ["scores.png", "trend.png"]
     for uri in uris:
         assert Path(uri).parent == tmp_path / "lake" / "reports" / "r1"
         assert Path(uri).read_bytes()[:8] == PNG_MAGIC
     md = report.render_markdown(stats, uris)
+    # the images travel inside the artifact: they show wherever it is read
+    assert md.count("](data:image/png;base64,") == 2
+    tables = report.table_artifacts(stats)
+    assert tables["counts"][0]["ingested"] == 3 and len(tables["scores"]) == 4
+    assert {"kind": "judgment", "reason": "judge timeout after 3 tries", "count": 1} in \
+        tables["failures"]
+    assert sum(r["cost_usd"] for r in tables["cost"]) == pytest.approx(0.53)
     assert "| ingested | rejected | sampled | scored | failed | paired | skipped |" in md
     assert "| 3 | 3 | 4 | 4 | 1 | 1 | 1 |" in md
     assert "| completeness | 3 | 1 |" in md
     assert "1 × judge timeout after 3 tries" in md
     assert "2 × bad_json" in md and "`v2` (1 rows)" in md and "25%" in md
     for uri in uris:
-        assert f"]({uri})" in md
+        assert f"`{uri}`" in md
     console = Console(record=True, width=120)
     console.print(report.render_terminal(stats))
     text = console.export_text()
@@ -153,5 +159,5 @@ def test_plots_are_written_to_s3(lake: Lake, bucket: str) -> None:
     # The lake is local here: catalog.connect on an s3:// lake needs httpfs or its fallback.
     out = f"s3://{bucket}/lake/reports/r1"
     uris = report.plot_score_distributions(lake, "r1", out)
-    assert uris == [f"{out}/{name}.png" for name in (*report.DIMENSIONS, "reward")]
+    assert uris == [f"{out}/scores.png", f"{out}/trend.png"]
     assert all(storage.read_bytes(u)[:8] == PNG_MAGIC for u in uris)

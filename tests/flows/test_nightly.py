@@ -73,7 +73,8 @@ def test_flow_end_to_end_then_a_rerun_does_nothing_new(prefect_api, s3_endpoint,
     assert first["publish"]["dataset_version"] == "v1"
     report = _latest_artifact(prefect_api, "nightly-report")
     assert first["run_id"] in report and "faithfulness" in report
-    assert Path(lake, "reports", first["run_id"], "reward.png").is_file()
+    assert Path(lake, "reports", first["run_id"], "scores.png").is_file()
+    assert Path(lake, "reports", first["run_id"], "trend.png").is_file()
     before = _counts(Lake(lake))
     second = nightly_refresh(lake=lake, source=src, batch_prompts=2,
                              overrides={"samples_per_prompt": 4, "pair_min_answers": 4})
