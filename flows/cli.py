@@ -404,6 +404,35 @@ def maintain_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
         catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
 
 
+@app.command("runs")
+def runs_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
+             limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 20):
+    """The lake's runs with what each wrote and, with a Prefect API, its flow run's state."""
+    from tasks import report
+
+    settings = _settings(config, lake=lake)
+    runs = report.list_runs(Lake(settings.lake), limit)
+    states = _flow_run_states([r["run_id"] for r in runs])
+    for run in runs:
+        run["state"] = states.get(run["run_id"], "")
+    _print_arrow(pa.Table.from_pylist(runs), "runs")
+
+
+def _flow_run_states(names: list[str]) -> dict[str, str]:
+    """State of the flow run named after each run id (needs PREFECT_API_URL; else none)."""
+    import os
+
+    if not names or not os.environ.get("PREFECT_API_URL"):
+        return {}
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)))
+    return {run.name: run.state.name if run.state else "" for run in found}
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err_console, transient=True)

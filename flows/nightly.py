@@ -27,7 +27,7 @@ from prefect.tasks import exponential_backoff
 from tasks import catalog, pipeline
 from tasks.config import Settings, load_settings
 from tasks.lake import Lake
-from tasks.runs import new_run_id
+from tasks.runs import new_run_id, run_id_of_flow_run
 
 JUDGE_LIMIT = "longreward-judge"
 POLICY_LIMIT = "longreward-policy"
@@ -206,7 +206,7 @@ def task_runner_for(name: str):
 # Batches run two at a time in this process by default; a batch's own concurrency
 # (judge_concurrency calls in flight) is what fills an endpoint, and the global limits cap it
 # across flows. `run_nightly` picks another runner (Dask) from the settings.
-@flow(name="nightly-refresh", log_prints=True,
+@flow(name="nightly-refresh", log_prints=True, flow_run_name=new_run_id,
       task_runner=ThreadPoolTaskRunner(max_workers=BATCHES_IN_FLIGHT))
 def nightly_refresh(lake: str | None = None, source: str | None = None,
                     config: str | None = None, batch_prompts: int = 16, train: bool = False,
@@ -214,7 +214,7 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
                     overrides: dict[str, Any] | None = None) -> dict:
     """Ingest new prompts, sample, score, pair, publish a dataset version; optionally train."""
     settings = load_settings(config, lake=lake, source=source, **(overrides or {}))
-    run_id = new_run_id()
+    run_id = run_id_of_flow_run()  # the flow run is named after it: one run, one name
     settings = ensure_limits(settings)
     counts: dict[str, Any] = {"run_id": run_id, "ingest": ingest_task(settings, run_id)}
     the_lake = Lake(settings.lake)

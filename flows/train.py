@@ -8,6 +8,7 @@ GPU), with a tiny model built on the spot when no base model is given.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict, is_dataclass
@@ -19,7 +20,7 @@ from prefect import flow, get_run_logger
 from tasks import storage
 from tasks.config import Settings, load_settings
 from tasks.lake import Lake
-from tasks.runs import new_run_id
+from tasks.runs import flow_run_id, new_run_id
 
 
 def _tiny_base_model(settings: Settings) -> str:
@@ -81,7 +82,11 @@ def train_launched(settings: Settings, dataset_version: str, processes: int,
                "--lake", settings.lake, "--run-id", run_id]
     for name, value in options.items():
         command += _flag(name, value)
-    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], check=False)
+    env = dict(os.environ)
+    if flow_run_id():  # the models row records the flow run that launched the training
+        env["PREFECT__FLOW_RUN_ID"] = flow_run_id()
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env,
+                          check=False)
     if done.returncode != 0:
         raise RuntimeError(f"training ({processes} processes) exited with {done.returncode}")
     rows = [r for r in Lake(settings.lake).read("models").to_pylist() if r["run_id"] == run_id]

@@ -18,6 +18,7 @@ from tasks.lake import Lake
 from tasks.offline_judge import OfflineJudge
 from tasks.pair import PairRule, preference_table, run_pairing
 from tasks.publish import DatasetVersion, publish
+from tasks.runs import flow_run_id
 from tasks.sample.policies import SamplingParams, policy_from_settings, policy_name
 from tasks.sample.stage import SampleReport, run_sampling
 from tasks.score.judge import Judge, JudgeOptions
@@ -145,6 +146,6 @@ def stage_publish(settings: Settings, run_id: str,
         return None, False
     lineage = {"run_id": run_id, "judge_model": settings.judge_model if settings.judge_base_url
                else OfflineJudge.model, "policy_model": settings.policy_model,
-               "format": style, "source": settings.source}
+               "format": style, "source": settings.source, "flow_run_id": flow_run_id()}
     return publish(lake, "preference", table, sort_by=["prompt_id"],
                    config_hash=settings.config_hash(), lineage=lineage)

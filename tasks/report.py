@@ -155,6 +155,32 @@ def latest_run_id(lake: Lake) -> str | None:
         con.close()
 
 
+def list_runs(lake: Lake, limit: int = 20) -> list[dict]:
+    """The lake's latest runs (newest first) with what each one wrote."""
+    con = catalog.connect(lake)
+    try:
+        rows = con.execute("""
+            WITH runs AS (
+                SELECT run_id, 'prompts' AS what FROM prompts
+                UNION ALL SELECT run_id, 'responses' FROM responses
+                UNION ALL SELECT run_id, 'judgments' FROM judgments
+                UNION ALL SELECT run_id, 'pairs' FROM pairs)
+            SELECT run_id,
+                   count(*) FILTER (WHERE what = 'prompts') AS prompts,
+                   count(*) FILTER (WHERE what = 'responses') AS responses,
+                   count(*) FILTER (WHERE what = 'judgments') AS judgments,
+                   count(*) FILTER (WHERE what = 'pairs') AS pair_decisions
+            FROM runs GROUP BY run_id ORDER BY run_id DESC LIMIT ?""", [limit]).fetchall()
+        published = dict(con.execute(
+            "SELECT json_extract_string(lineage, '$.run_id'), string_agg(version, ', ') "
+            "FROM datasets GROUP BY 1").fetchall())
+    finally:
+        con.close()
+    names = ("run_id", "prompts", "responses", "judgments", "pair_decisions")
+    return [dict(zip(names, row, strict=True)) | {"dataset": published.get(row[0], "")}
+            for row in rows]
+
+
 def _figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, without pyplot's state
     from matplotlib.figure import Figure

@@ -192,6 +192,7 @@ MODELS = _spec(
     f("code_revision", pa.string()),
     f("run_id", pa.string(), nullable=False),
     f("created_at", TS, nullable=False),
+    f("flow_run_id", pa.string()),  # the Prefect flow run that trained it
 )
 
 TABLES: dict[str, TableSpec] = {

@@ -57,6 +57,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tasks import storage
 from tasks.lake import Lake
 from tasks.publish import code_revision, get_version, load_version
+from tasks.runs import flow_run_id
 from tasks.train.data import tokenize_pairs
 from tasks.train.loop import Processes, TrainingLoop, rng_state
 from tasks.train.loss import LossConfig
@@ -260,7 +261,8 @@ def train_dpo(lake: Lake, config: TrainConfig, run_id: str,
             "model_version": model_version, "dataset_version": version.version,
             "base_model": config.base_model, "hyperparameters": json.dumps(hyper),
             "metrics": json.dumps(metrics), "checkpoint_uri": final_uri,
-            "code_revision": code_revision(), "run_id": run_id, "created_at": datetime.now(UTC)}])
+            "code_revision": code_revision(), "run_id": run_id, "created_at": datetime.now(UTC),
+            "flow_run_id": flow_run_id()}])
     scratch.cleanup()
     return TrainResult(model_version, version.version, final_uri, history, final,
                        truncation.as_dict(), ref.reused)

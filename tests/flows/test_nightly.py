@@ -74,6 +74,7 @@ def test_flow_end_to_end_then_a_rerun_does_nothing_new(prefect_api, s3_endpoint,
     report = _latest_artifact(prefect_api, "nightly-report")
     assert first["run_id"] in report and "faithfulness" in report
     assert Path(lake, "reports", first["run_id"], "scores.png").is_file()
+    _one_run_one_name(prefect_api, lake, first["run_id"])
     assert Path(lake, "reports", first["run_id"], "trend.png").is_file()
     before = _counts(Lake(lake))
     second = nightly_refresh(lake=lake, source=src, batch_prompts=2,
@@ -223,3 +224,24 @@ def test_training_trigger_receives_the_dataset_version(prefect_api):
     # a retried trigger (or a rerun of the night) finds the same training, not a second one
     assert trigger_training_task.fn("v7", deployment="train-dpo-probe/probe") == run_id
     assert trigger_training_task.fn("v8", deployment="train-dpo-probe/probe") != run_id
+
+
+def _one_run_one_name(prefect_api: str, lake: str, run_id: str) -> None:
+    """The flow run is named after the lake's run id; the dataset records the flow run; the
+    runs command shows both, with the state."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.publish import get_version
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_id])))
+    assert len(runs) == 1 and runs[0].flow_id is not None
+    assert get_version(Lake(lake), "v1").lineage["flow_run_id"] == str(runs[0].id)
+    shown = CliRunner().invoke(app, ["runs", "--lake", lake],
+                               env={"PREFECT_API_URL": prefect_api, "COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert run_id in shown.output and "Completed" in shown.output and "v1" in shown.output
