@@ -107,9 +107,13 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to 
     try:
         result = catalog.query(Lake(settings.lake), query).to_arrow_table()
     except catalog.ReadOnlyError as err:
-        err_console.print(f"[red]refused:[/red] {err}")
+        err_console.print("refused: " + str(err), markup=False, highlight=False)
         raise typer.Exit(2) from err
-    except duckdb.Error as err:  # the user's SQL was wrong: say so, no traceback
+    except duckdb.Error as err:  # the sandbox said no, or the user's SQL was wrong
+        refused = catalog.refusal(err)
+        if refused:
+            err_console.print("refused: " + refused, markup=False, highlight=False)
+            raise typer.Exit(2) from err
         err_console.print(f"[red]SQL error:[/red] {err}")
         raise typer.Exit(1) from err
     if fmt == "table":
