@@ -23,6 +23,7 @@ from tasks.config import Settings, load_settings
 from tasks.ingest import IngestOptions, ingest
 from tasks.lake import Lake
 from tasks.pair import PairRule
+from tasks.redact import install_log_scrubbing
 from tasks.runs import new_run_id
 from tasks.sources import list_objects
 
@@ -44,6 +45,7 @@ SourceOpt = Annotated[str | None, typer.Option(
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
     """Nightly long-context preference data with LongReward AI feedback."""
+    install_log_scrubbing()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)])
     for noisy in ("botocore", "urllib3", "werkzeug", "httpx", "filelock"):

@@ -27,6 +27,7 @@ from prefect.tasks import exponential_backoff
 from tasks import catalog, pipeline
 from tasks.config import Settings, load_settings
 from tasks.lake import Lake
+from tasks.redact import install_log_scrubbing, scrub
 from tasks.runs import new_run_id
 
 JUDGE_LIMIT = "longreward-judge"
@@ -164,7 +165,7 @@ def report_task(settings: Settings, run_id: str) -> str | None:
     stats = report.collect_run_stats(lake, run_id)
     plots = report.plot_score_distributions(lake, run_id,
                                             f"{settings.lake.rstrip('/')}/reports/{run_id}")
-    markdown = report.render_markdown(stats, plots)
+    markdown = scrub(report.render_markdown(stats, plots))  # the artifact outlives the run
     create_markdown_artifact(markdown=markdown, key="nightly-report",
                              description=f"longreward nightly run {run_id}")
     return markdown
@@ -206,6 +207,7 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
                     train_deployment: str = TRAIN_DEPLOYMENT,
                     overrides: dict[str, Any] | None = None) -> dict:
     """Ingest new prompts, sample, score, pair, publish a dataset version; optionally train."""
+    install_log_scrubbing()  # here too: a worker runs this flow without the CLI
     settings = load_settings(config, lake=lake, source=source, **(overrides or {}))
     run_id = new_run_id()
     settings = ensure_limits(settings)

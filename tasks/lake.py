@@ -19,9 +19,14 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from tasks import storage
+from tasks.redact import scrub_table
 from tasks.schemas import TABLES, TableSpec
 
 log = logging.getLogger(__name__)
+
+# Source text and sampled answers are data: kept as written, except that a configured API key
+# is scrubbed from them too; every other string column also loses anything token-shaped.
+SOURCE_TEXT = {"prompts": ("context", "query", "meta"), "responses": ("text",)}
 
 
 class Lake:
@@ -134,6 +139,7 @@ class Lake:
         table = _first_per_key(table.select(spec.schema.names).cast(spec.schema), spec.keys)
         if table.num_rows == 0:
             return 0
+        table = scrub_table(table, keep_shapes=SOURCE_TEXT.get(name, ()))
         existing = self.keys(name)
         batch_keys = list(zip(*(table.column(k).to_pylist() for k in spec.keys), strict=True))
         new = [i for i, key in enumerate(batch_keys) if key not in existing]
