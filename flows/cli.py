@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -17,9 +18,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
-from tasks import catalog, pipeline, publish
-from tasks.config import Settings, load_settings
+from tasks import catalog, pipeline, preflight, publish
+from tasks.config import ConfigError, Settings, load_settings
 from tasks.ingest import IngestOptions, ingest
 from tasks.lake import Lake
 from tasks.pair import PairRule
@@ -27,12 +29,39 @@ from tasks.redact import install_log_scrubbing
 from tasks.runs import new_run_id
 from tasks.sources import list_objects
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_show_locals=False)
-datasets_app = typer.Typer(help="Published dataset versions.", no_args_is_help=True)
-app.add_typer(datasets_app, name="datasets")
 console = Console()
 err_console = Console(stderr=True)
+_verbose = False
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    """Print ``message`` as one line on stderr (no markup, no wrapping); the exit to raise."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+class _OneLineErrors(TyperGroup):
+    """Config errors (exit 2) and operational errors (exit 1) as one line; a traceback only
+    under --verbose, or for a bug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except ConfigError as err:
+            raise _fail(f"config error: {err}", 2) from err
+        except Exception as err:
+            message = preflight.explain(err)
+            if message is None or _verbose:
+                raise
+            raise _fail(f"error: {message}  (--verbose shows the traceback)", 1) from err
+
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False, cls=_OneLineErrors)
+datasets_app = typer.Typer(help="Published dataset versions.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="TOML config file (default ./longreward.toml or $LONGREWARD_CONFIG).")]
@@ -45,6 +74,8 @@ SourceOpt = Annotated[str | None, typer.Option(
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
     """Nightly long-context preference data with LongReward AI feedback."""
+    global _verbose
+    _verbose = verbose
     install_log_scrubbing()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)])
@@ -56,8 +87,19 @@ def _settings(config: Path | None, **overrides) -> Settings:
     try:
         return load_settings(config, **overrides)
     except (FileNotFoundError, ValueError) as err:
-        err_console.print(f"[red]config error:[/red] {err}")
-        raise typer.Exit(2) from err
+        raise _fail(f"config error: {err}", 2) from err
+
+
+def _writable(settings: Settings, source: bool = False) -> None:
+    """Fail fast, in one line, when the lake (and the source) cannot be used."""
+    try:
+        preflight.check_lake(settings.lake)
+        if source:
+            preflight.check_source(settings.source)
+    except preflight.OperationalError as err:
+        if _verbose:
+            raise
+        raise _fail(f"error: {err}", 1) from err
 
 
 def _print_arrow(table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
@@ -71,6 +113,18 @@ def _print_arrow(table: pa.Table, title: str | None = None, max_rows: int = 50) 
         console.print(f"... {table.num_rows - max_rows} more rows")
 
 
+def _flat(table: pa.Table) -> pa.Table:
+    """Lists, structs and maps as JSON text: CSV has no nested values."""
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_nested(field.type):
+            column = pa.array([None if v is None else json.dumps(v, default=str,
+                                                                 ensure_ascii=False)
+                               for v in column.to_pylist()], pa.string())
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
 def _short(value, limit: int = 120) -> str:
     text = f"{value:.4g}" if isinstance(value, float) else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -82,6 +136,7 @@ def ingest_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt
                    help="Reject contexts longer than this many tokens.")] = None):
     """Ingest new prompt objects (JSONL/Parquet) from the source into the lake."""
     settings = _settings(config, lake=lake, source=source, max_context_tokens=max_context_tokens)
+    _writable(settings, source=True)
     the_lake = Lake(settings.lake)
     run_id = new_run_id()
     options = IngestOptions(settings.tokenizer, settings.max_context_tokens,
@@ -121,7 +176,7 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to 
     if fmt == "table":
         _print_arrow(result, max_rows=max_rows)
     elif fmt == "csv":
-        pacsv.write_csv(result, str(output) if output else sys.stdout.buffer)
+        pacsv.write_csv(_flat(result), str(output) if output else sys.stdout.buffer)
     elif fmt == "json":
         text = json.dumps(result.to_pylist(), default=str, ensure_ascii=False, indent=1)
         output.write_text(text) if output else print(text)
@@ -184,6 +239,7 @@ def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
                k: Annotated[int | None, typer.Option("--k", help="Answers per prompt.")] = None):
     """Sample K answers for every prompt that lacks them (policy endpoint or offline)."""
     settings = _settings(config, lake=lake, samples_per_prompt=k)
+    _writable(settings)
     run_id = new_run_id()
     with _progress() as progress:
         task = progress.add_task("sample", total=None)
@@ -195,6 +251,7 @@ def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
 def score_cmd(config: ConfigOpt = None, lake: LakeOpt = None):
     """Score every unscored response on the four LongReward dimensions."""
     settings = _settings(config, lake=lake)
+    _writable(settings)
     run_id = new_run_id()
     with _progress() as progress:
         task = progress.add_task("score", total=None)
@@ -214,6 +271,7 @@ def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
              "conversational"):
     """Pair best vs worst answer per prompt; publish them as a TRL preference dataset."""
     settings = _settings(config, lake=lake)
+    _writable(settings)
     run_id = new_run_id()
     try:
         rule = PairRule(min_answers, min_margin, ties)  # type: ignore[arg-type]
@@ -299,6 +357,7 @@ def run_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt = 
     """Run the nightly-refresh Prefect flow once, now, in this process."""
     from flows.nightly import run_nightly
 
+    _writable(_settings(config, lake=lake, source=source), source=True)
     counts = run_nightly(task_runner, lake=lake, source=source,
                          config=str(config) if config else None, batch_prompts=batch_prompts,
                          train=train)
