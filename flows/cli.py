@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -56,6 +58,28 @@ class _OneLineErrors(TyperGroup):
             if message is None or _verbose:
                 raise
             raise _fail(f"error: {message}  (--verbose shows the traceback)", 1) from err
+        except BaseException as err:
+            signum = _stop_signal(err)
+            if signum is None:
+                raise
+            # The run's own `finally` blocks have run (its temporary API is stopped); worker
+            # threads may still wait on calls in flight: abandon them (every write is atomic,
+            # every finished call cached) instead of joining them at exit.
+            _fail(f"stopped by {signal.Signals(signum).name}: calls in flight abandoned; "
+                  "rerun to finish (no finished call is paid twice)", 128 + signum)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+
+
+def _stop_signal(err: BaseException) -> int | None:
+    """The signal behind SIGINT's KeyboardInterrupt or Prefect's TerminationSignal (its name
+    is checked so that commands that never touch Prefect do not import it)."""
+    if isinstance(err, KeyboardInterrupt):
+        return signal.SIGINT
+    if type(err).__name__ == "TerminationSignal":
+        return int(getattr(err, "signal", signal.SIGTERM))
+    return None
 
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
