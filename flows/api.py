@@ -65,6 +65,9 @@ def temporary_api() -> Iterator[str | None]:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
 
     server = SubprocessASGIServer()
+    if server.running:  # Prefect started it already, with leases in memory: not ours to run
+        yield None
+        return
     saved = os.environ.get(LEASE_STORAGE_ENV)
     os.environ[LEASE_STORAGE_ENV] = FILE_LEASES   # the server reads it from its environment
     try:

@@ -46,7 +46,7 @@ def test_log_records_are_scrubbed_whatever_the_logger(caplog, monkeypatch):
         try:
             raise RuntimeError(f"Incorrect API key provided: {KEY}")
         except RuntimeError:
-            logging.getLogger("prefect.task_runs").exception("task failed")
+            logging.getLogger("tasks.score.stage").exception("task failed")
     assert "calling with" in caplog.text and "Incorrect API key" in caplog.text
     assert ODD_KEY not in caplog.text and KEY not in caplog.text
 
