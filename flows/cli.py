@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -20,10 +18,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typer.core import TyperGroup
 
-from tasks import catalog, pipeline, preflight, publish
-from tasks.config import ConfigError, Settings, load_settings
+from flows import cli_errors as errors
+from tasks import catalog, pipeline, publish
+from tasks.config import Settings, load_settings
 from tasks.ingest import IngestOptions, ingest
 from tasks.lake import Lake
 from tasks.pair import PairRule
@@ -32,58 +30,11 @@ from tasks.runs import new_run_id
 from tasks.sources import list_objects
 
 console = Console()
-err_console = Console(stderr=True)
-_verbose = False
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    """Print ``message`` as one line on stderr (no markup, no wrapping); the exit to raise."""
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-class _OneLineErrors(TyperGroup):
-    """Config errors (exit 2) and operational errors (exit 1) as one line; a traceback only
-    under --verbose, or for a bug."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except ConfigError as err:
-            raise _fail(f"config error: {err}", 2) from err
-        except Exception as err:
-            message = preflight.explain(err)
-            if message is None or _verbose:
-                raise
-            raise _fail(f"error: {message}  (--verbose shows the traceback)", 1) from err
-        except BaseException as err:
-            signum = _stop_signal(err)
-            if signum is None:
-                raise
-            # The run's own `finally` blocks have run (its temporary API is stopped); worker
-            # threads may still wait on calls in flight: abandon them (every write is atomic,
-            # every finished call cached) instead of joining them at exit.
-            _fail(f"stopped by {signal.Signals(signum).name}: calls in flight abandoned; "
-                  "rerun to finish (no finished call is paid twice)", 128 + signum)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(128 + signum)
-
-
-def _stop_signal(err: BaseException) -> int | None:
-    """The signal behind SIGINT's KeyboardInterrupt or Prefect's TerminationSignal (its name
-    is checked so that commands that never touch Prefect do not import it)."""
-    if isinstance(err, KeyboardInterrupt):
-        return signal.SIGINT
-    if type(err).__name__ == "TerminationSignal":
-        return int(getattr(err, "signal", signal.SIGTERM))
-    return None
+err_console = errors.err_console
 
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_show_locals=False, cls=_OneLineErrors)
+                  pretty_exceptions_show_locals=False, cls=errors.OneLineErrors)
 datasets_app = typer.Typer(help="Published dataset versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 
@@ -98,8 +49,7 @@ SourceOpt = Annotated[str | None, typer.Option(
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
     """Nightly long-context preference data with LongReward AI feedback."""
-    global _verbose
-    _verbose = verbose
+    errors.verbose = verbose
     install_log_scrubbing()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)])
@@ -111,19 +61,7 @@ def _settings(config: Path | None, **overrides) -> Settings:
     try:
         return load_settings(config, **overrides)
     except (FileNotFoundError, ValueError) as err:
-        raise _fail(f"config error: {err}", 2) from err
-
-
-def _writable(settings: Settings, source: bool = False) -> None:
-    """Fail fast, in one line, when the lake (and the source) cannot be used."""
-    try:
-        preflight.check_lake(settings.lake)
-        if source:
-            preflight.check_source(settings.source)
-    except preflight.OperationalError as err:
-        if _verbose:
-            raise
-        raise _fail(f"error: {err}", 1) from err
+        raise errors.fail(f"config error: {err}", 2) from err
 
 
 def _print_arrow(table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
@@ -160,7 +98,7 @@ def ingest_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt
                    help="Reject contexts longer than this many tokens.")] = None):
     """Ingest new prompt objects (JSONL/Parquet) from the source into the lake."""
     settings = _settings(config, lake=lake, source=source, max_context_tokens=max_context_tokens)
-    _writable(settings, source=True)
+    errors.check_writable(settings.lake, settings.source)
     the_lake = Lake(settings.lake)
     run_id = new_run_id()
     options = IngestOptions(settings.tokenizer, settings.max_context_tokens,
@@ -263,7 +201,7 @@ def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
                k: Annotated[int | None, typer.Option("--k", help="Answers per prompt.")] = None):
     """Sample K answers for every prompt that lacks them (policy endpoint or offline)."""
     settings = _settings(config, lake=lake, samples_per_prompt=k)
-    _writable(settings)
+    errors.check_writable(settings.lake)
     run_id = new_run_id()
     with _progress() as progress:
         task = progress.add_task("sample", total=None)
@@ -275,7 +213,7 @@ def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
 def score_cmd(config: ConfigOpt = None, lake: LakeOpt = None):
     """Score every unscored response on the four LongReward dimensions."""
     settings = _settings(config, lake=lake)
-    _writable(settings)
+    errors.check_writable(settings.lake)
     run_id = new_run_id()
     with _progress() as progress:
         task = progress.add_task("score", total=None)
@@ -295,7 +233,7 @@ def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
              "conversational"):
     """Pair best vs worst answer per prompt; publish them as a TRL preference dataset."""
     settings = _settings(config, lake=lake)
-    _writable(settings)
+    errors.check_writable(settings.lake)
     run_id = new_run_id()
     try:
         rule = PairRule(min_answers, min_margin, ties)  # type: ignore[arg-type]
@@ -381,7 +319,8 @@ def run_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt = 
     """Run the nightly-refresh Prefect flow once, now, in this process."""
     from flows.nightly import run_nightly
 
-    _writable(_settings(config, lake=lake, source=source), source=True)
+    settings = _settings(config, lake=lake, source=source)
+    errors.check_writable(settings.lake, settings.source)
     counts = run_nightly(task_runner, lake=lake, source=source,
                          config=str(config) if config else None, batch_prompts=batch_prompts,
                          train=train)
@@ -407,7 +346,6 @@ def deploy_cmd(prefect_file: Annotated[Path, typer.Option(help="Deployments file
                gpu_pool_type: Annotated[str, typer.Option(
                    help="process (a GPU machine) or kubernetes.")] = "process"):
     """Create the work pools and concurrency limits, then register the deployments."""
-    import os
     import subprocess
 
     from flows.nightly import ensure_limits
