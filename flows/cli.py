@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,20 +19,24 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from flows import cli_errors as errors
 from tasks import catalog, pipeline, publish
 from tasks.config import Settings, load_settings
 from tasks.ingest import IngestOptions, ingest
 from tasks.lake import Lake
 from tasks.pair import PairRule
+from tasks.redact import install_log_scrubbing
 from tasks.runs import new_run_id
 from tasks.sources import list_objects
 
+console = Console()
+err_console = errors.err_console
+
+
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_show_locals=False)
+                  pretty_exceptions_show_locals=False, cls=errors.OneLineErrors)
 datasets_app = typer.Typer(help="Published dataset versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
-console = Console()
-err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="TOML config file (default ./longreward.toml or $LONGREWARD_CONFIG).")]
@@ -44,6 +49,8 @@ SourceOpt = Annotated[str | None, typer.Option(
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
     """Nightly long-context preference data with LongReward AI feedback."""
+    errors.verbose = verbose
+    install_log_scrubbing()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)])
     for noisy in ("botocore", "urllib3", "werkzeug", "httpx", "filelock"):
@@ -54,8 +61,7 @@ def _settings(config: Path | None, **overrides) -> Settings:
     try:
         return load_settings(config, **overrides)
     except (FileNotFoundError, ValueError) as err:
-        err_console.print(f"[red]config error:[/red] {err}")
-        raise typer.Exit(2) from err
+        raise errors.fail(f"config error: {err}", 2) from err
 
 
 def _print_arrow(table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
@@ -69,6 +75,18 @@ def _print_arrow(table: pa.Table, title: str | None = None, max_rows: int = 50) 
         console.print(f"... {table.num_rows - max_rows} more rows")
 
 
+def _flat(table: pa.Table) -> pa.Table:
+    """Lists, structs and maps as JSON text: CSV has no nested values."""
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_nested(field.type):
+            column = pa.array([None if v is None else json.dumps(v, default=str,
+                                                                 ensure_ascii=False)
+                               for v in column.to_pylist()], pa.string())
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
 def _short(value, limit: int = 120) -> str:
     text = f"{value:.4g}" if isinstance(value, float) else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -80,6 +98,7 @@ def ingest_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt
                    help="Reject contexts longer than this many tokens.")] = None):
     """Ingest new prompt objects (JSONL/Parquet) from the source into the lake."""
     settings = _settings(config, lake=lake, source=source, max_context_tokens=max_context_tokens)
+    errors.check_writable(settings.lake, settings.source)
     the_lake = Lake(settings.lake)
     run_id = new_run_id()
     options = IngestOptions(settings.tokenizer, settings.max_context_tokens,
@@ -107,15 +126,19 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to 
     try:
         result = catalog.query(Lake(settings.lake), query).to_arrow_table()
     except catalog.ReadOnlyError as err:
-        err_console.print(f"[red]refused:[/red] {err}")
+        err_console.print("refused: " + str(err), markup=False, highlight=False)
         raise typer.Exit(2) from err
-    except duckdb.Error as err:  # the user's SQL was wrong: say so, no traceback
+    except duckdb.Error as err:  # the sandbox said no, or the user's SQL was wrong
+        refused = catalog.refusal(err)
+        if refused:
+            err_console.print("refused: " + refused, markup=False, highlight=False)
+            raise typer.Exit(2) from err
         err_console.print(f"[red]SQL error:[/red] {err}")
         raise typer.Exit(1) from err
     if fmt == "table":
         _print_arrow(result, max_rows=max_rows)
     elif fmt == "csv":
-        pacsv.write_csv(result, str(output) if output else sys.stdout.buffer)
+        pacsv.write_csv(_flat(result), str(output) if output else sys.stdout.buffer)
     elif fmt == "json":
         text = json.dumps(result.to_pylist(), default=str, ensure_ascii=False, indent=1)
         output.write_text(text) if output else print(text)
@@ -178,6 +201,7 @@ def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
                k: Annotated[int | None, typer.Option("--k", help="Answers per prompt.")] = None):
     """Sample K answers for every prompt that lacks them (policy endpoint or offline)."""
     settings = _settings(config, lake=lake, samples_per_prompt=k)
+    errors.check_writable(settings.lake)
     run_id = new_run_id()
     with _progress() as progress:
         task = progress.add_task("sample", total=None)
@@ -189,6 +213,7 @@ def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
 def score_cmd(config: ConfigOpt = None, lake: LakeOpt = None):
     """Score every unscored response on the four LongReward dimensions."""
     settings = _settings(config, lake=lake)
+    errors.check_writable(settings.lake)
     run_id = new_run_id()
     with _progress() as progress:
         task = progress.add_task("score", total=None)
@@ -209,6 +234,7 @@ def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
              "conversational"):
     """Pair best vs worst answer per prompt; publish them as a TRL preference dataset."""
     settings = _settings(config, lake=lake)
+    errors.check_writable(settings.lake)
     run_id = new_run_id()
     try:
         rule = PairRule(settings.pair_min_answers if min_answers is None else min_answers,
@@ -295,6 +321,8 @@ def run_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt = 
     """Run the nightly-refresh Prefect flow once, now, in this process."""
     from flows.nightly import run_nightly
 
+    settings = _settings(config, lake=lake, source=source)
+    errors.check_writable(settings.lake, settings.source)
     counts = run_nightly(task_runner, lake=lake, source=source,
                          config=str(config) if config else None, batch_prompts=batch_prompts,
                          train=train)
@@ -320,7 +348,6 @@ def deploy_cmd(prefect_file: Annotated[Path, typer.Option(help="Deployments file
                gpu_pool_type: Annotated[str, typer.Option(
                    help="process (a GPU machine) or kubernetes.")] = "process"):
     """Create the work pools and concurrency limits, then register the deployments."""
-    import os
     import subprocess
 
     from flows.nightly import ensure_limits

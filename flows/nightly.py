@@ -18,15 +18,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from flows.api import owns_temporary_api, signals_stop_the_run, temporary_api
+from flows.slots import hold_slots, reclaim_lapsed_slots
 from tasks import catalog, pipeline
 from tasks.config import Settings, load_settings
 from tasks.lake import Lake
+from tasks.redact import install_log_scrubbing, scrub
 from tasks.runs import new_run_id, run_id_of_flow_run
 
 JUDGE_LIMIT = "longreward-judge"
@@ -34,9 +36,7 @@ POLICY_LIMIT = "longreward-policy"
 LAKE_WRITER_LIMIT = "longreward-lake-writer"
 TRAIN_DEPLOYMENT = "train-dpo/train-dpo"
 BATCHES_IN_FLIGHT = 2   # the thread runner's workers: each batch gets a share of a limit
-# Slots held by a killed run return when their lease lapses (a real Prefect server's lease
-# repossessor frees them); the minimum the API allows keeps a prompt rerun from waiting long.
-LEASE_S = 60
+# Slots held by a killed run return when their lease lapses (flows/slots.py).
 RETRY = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
          "retry_jitter_factor": 0.5}
 
@@ -83,6 +83,8 @@ def ensure_limits(settings: Settings) -> Settings:
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=slots))
                 actual[name] = slots
+    if owns_temporary_api():  # nobody else repossesses a dead run's slots there
+        reclaim_lapsed_slots(list(wanted), _log())
     return settings.model_copy(update={
         "judge_concurrency": max(1, min(settings.judge_concurrency, actual[JUDGE_LIMIT])),
         "policy_concurrency": max(1, min(settings.policy_concurrency, actual[POLICY_LIMIT]))})
@@ -94,7 +96,7 @@ def _batches(ids: list[str], size: int) -> list[list[str]]:
 
 @task(name="ingest", **RETRY)
 def ingest_task(settings: Settings, run_id: str) -> dict:
-    with concurrency(LAKE_WRITER_LIMIT, occupy=1):
+    with hold_slots(LAKE_WRITER_LIMIT, 1, _log()):
         report = pipeline.stage_ingest(settings, run_id)
     _log().info("ingest: %s", report.summary())
     return {"prompts": report.prompts, "rejects": report.rejects,
@@ -116,7 +118,7 @@ def plan_score_task(settings: Settings) -> list[str]:
 def sample_task(settings: Settings, run_id: str, prompt_ids: list[str],
                 input_version: int) -> dict:
     slots = _share(settings.policy_concurrency)
-    with concurrency(POLICY_LIMIT, occupy=slots, lease_duration=LEASE_S):
+    with hold_slots(POLICY_LIMIT, slots, _log()):
         report = pipeline.stage_sample(
             settings.model_copy(update={"policy_concurrency": slots}), run_id,
             prompt_ids=prompt_ids)
@@ -133,7 +135,7 @@ def score_task(settings: Settings, run_id: str, prompt_ids: list[str],
     # The batch holds its share of the shared judge limit for its duration and keeps that many
     # calls in flight, so flows sharing an endpoint never exceed the limit together.
     slots = _share(settings.judge_concurrency)
-    with concurrency(JUDGE_LIMIT, occupy=slots, lease_duration=LEASE_S):
+    with hold_slots(JUDGE_LIMIT, slots, _log()):
         report = pipeline.stage_score(
             settings.model_copy(update={"judge_concurrency": slots}), run_id,
             prompt_ids=prompt_ids)
@@ -145,7 +147,7 @@ def score_task(settings: Settings, run_id: str, prompt_ids: list[str],
 
 @task(name="pair-and-publish", **RETRY)
 def pair_publish_task(settings: Settings, run_id: str) -> dict:
-    with concurrency(LAKE_WRITER_LIMIT, occupy=1):
+    with hold_slots(LAKE_WRITER_LIMIT, 1, _log()):
         paired, skipped = pipeline.stage_pair(settings, run_id)
         version, created = pipeline.stage_publish(settings, run_id)
         catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
@@ -164,7 +166,7 @@ def report_task(settings: Settings, run_id: str) -> str | None:
     stats = report.collect_run_stats(lake, run_id)
     plots = report.plot_score_distributions(lake, run_id,
                                             f"{settings.lake.rstrip('/')}/reports/{run_id}")
-    markdown = report.render_markdown(stats, plots)
+    markdown = scrub(report.render_markdown(stats, plots))  # the artifact outlives the run
     create_markdown_artifact(markdown=markdown, key="nightly-report",
                              description=f"longreward nightly run {run_id}")
     for name, rows in report.table_artifacts(stats).items():
@@ -213,6 +215,7 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
                     train_deployment: str = TRAIN_DEPLOYMENT,
                     overrides: dict[str, Any] | None = None) -> dict:
     """Ingest new prompts, sample, score, pair, publish a dataset version; optionally train."""
+    install_log_scrubbing()  # here too: a worker runs this flow without the CLI
     settings = load_settings(config, lake=lake, source=source, **(overrides or {}))
     run_id = run_id_of_flow_run()  # the flow run is named after it: one run, one name
     settings = ensure_limits(settings)
@@ -239,8 +242,14 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
 
 
 def run_nightly(task_runner: str | None = None, **parameters: Any) -> dict:
-    """Run the flow now with the task runner named by the settings (or ``task_runner``)."""
+    """Run the flow now with the task runner named by the settings (or ``task_runner``).
+
+    Without a configured Prefect API the run owns a temporary one, stopped on every way out
+    (a watchdog stops it if this process is killed); SIGTERM and SIGINT raise
+    ``TerminationSignal`` / stop the run wherever it waits.
+    """
     settings = load_settings(parameters.get("config"), lake=parameters.get("lake"),
                              **(parameters.get("overrides") or {}))
     runner = task_runner_for(task_runner or settings.task_runner)
-    return nightly_refresh.with_options(task_runner=runner)(**parameters)
+    with signals_stop_the_run(), temporary_api():
+        return nightly_refresh.with_options(task_runner=runner)(**parameters)

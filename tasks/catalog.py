@@ -18,17 +18,12 @@ import pyarrow as pa
 from tasks import storage
 from tasks.lake import Lake
 from tasks.schemas import TABLES
+from tasks.sql_guard import ReadOnlyError, check_read_only, lock_down, refusal
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-
-
+__all__ = ["ReadOnlyError", "connect", "query", "refusal", "sandbox", "write_catalog"]
 _DUCK_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
                pa.bool_(): "BOOLEAN", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ"}
-
-
-class ReadOnlyError(ValueError):
-    """A statement that would change something was sent to a read-only query."""
 
 
 def view_sql() -> list[str]:
@@ -86,14 +81,29 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def sandbox(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """A locked in-memory connection that can read the lake's tables and views, nothing else.
+
+    Each table is a pyarrow dataset of its live files (local or s3://, read by pyarrow, not by
+    DuckDB's file systems), registered before the sandbox closes; after that DuckDB opens no
+    file by path at all (see :mod:`tasks.sql_guard`).
+    """
+    con = duckdb.connect()
+    for name in TABLES:
+        con.register(name, lake.dataset(name))
+    for sql in view_sql():
+        con.execute(sql)
+    return lock_down(con)
+
+
 def query(lake: Lake, sql: str, params: list | None = None) -> duckdb.DuckDBPyRelation:
-    """Run one read-only statement (SELECT, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE) over the lake."""
-    con = connect(lake)
-    statements = con.extract_statements(sql)
-    if len(statements) != 1:
-        raise ReadOnlyError(f"expected one SQL statement, got {len(statements)}")
-    if statements[0].type not in READ_ONLY_STATEMENTS:
-        raise ReadOnlyError(f"only read-only queries are allowed, got {statements[0].type.name}")
+    """Run one read-only query (SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) over the lake.
+
+    Raises :class:`ReadOnlyError` for anything else; the sandbox refuses any file access
+    even if a statement got past the check.
+    """
+    con = sandbox(lake)
+    check_read_only(con, sql)
     return con.sql(sql, params=params)
 
 

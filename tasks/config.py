@@ -7,18 +7,30 @@ tables.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import logging
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CONFIG_FILE_ENV = "LONGREWARD_CONFIG"
 DEFAULT_CONFIG_FILE = "longreward.toml"
+TABLE = "longreward"
+# LONGREWARD_* variables that are not fields: the config file, the deploy home, API keys.
+_OTHER_ENV = re.compile(r"^LONGREWARD_(CONFIG|HOME|[A-Z0-9_]+_API_KEY)$")
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, said in one line (the CLI prints it and exits with 2)."""
 
 # Fields that describe where things run, not what the data means: excluded from config_hash so
 # moving the lake or the endpoint does not make a dataset look different.
@@ -135,13 +147,77 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     """Build settings: TOML file values, then environment, then explicit (CLI) overrides.
 
     ``None`` overrides are ignored, so CLI options can default to ``None`` and pass through.
+    Unknown keys are refused (:class:`ConfigError`, naming the nearest known key); unknown
+    ``LONGREWARD_*`` variables are logged as warnings.
     """
-    path = Path(config_file or os.environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
+    named = config_file or os.environ.get(CONFIG_FILE_ENV)
+    path = Path(named or DEFAULT_CONFIG_FILE)
     file_values: dict[str, Any] = {}
     if path.is_file():
-        file_values = tomllib.loads(path.read_text()).get("longreward", {})
-    elif config_file:
+        file_values = _read_file(path)
+    elif named:
         raise FileNotFoundError(f"config file not found: {path}")
-    env_values = Settings().model_dump(exclude_unset=True)  # only what LONGREWARD_* set
-    merged = {**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}}
-    return Settings(**merged)
+    _warn_unknown_env()
+    _refuse_unknown(overrides, "unknown option {key!r}")
+    try:
+        env_values = Settings().model_dump(exclude_unset=True)  # only what LONGREWARD_* set
+        merged = {**file_values, **env_values,
+                  **{k: v for k, v in overrides.items() if v is not None}}
+        return Settings(**merged)
+    except ValidationError as err:
+        raise ConfigError(one_line(err)) from None
+
+
+def one_line(err: ValidationError) -> str:
+    """Every problem of a validation error on one line: ``field: message (got value)``."""
+    parts = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "settings"
+        got = repr(problem.get("input"))
+        parts.append(f"{where}: {problem['msg']} (got {got[:60]})")
+    return "; ".join(parts)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    for key, value in document.items():
+        if key == TABLE:
+            continue
+        if key in Settings.model_fields:
+            raise ConfigError(f"{path}: key {key!r} is outside the [{TABLE}] table; "
+                              f"put it under [{TABLE}]")
+        kind = "table" if isinstance(value, dict) else "key"
+        raise ConfigError(f"{path}: unknown {kind} {key!r} outside [{TABLE}]"
+                          + _nearest(key, [TABLE, *Settings.model_fields]))
+    section = document.get(TABLE, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {TABLE!r} must be a table ([{TABLE}]), not a value")
+    _refuse_unknown(section, f"{path}: unknown key {{key!r}} in [{TABLE}]")
+    return section
+
+
+def _refuse_unknown(values: dict[str, Any], message: str) -> None:
+    for key in values:
+        if key not in Settings.model_fields:
+            raise ConfigError(message.format(key=key) + _nearest(key, Settings.model_fields))
+
+
+def _warn_unknown_env() -> None:
+    for name in sorted(os.environ):
+        if not name.startswith("LONGREWARD_") or _OTHER_ENV.match(name):
+            continue
+        field = name.removeprefix("LONGREWARD_").lower()
+        if field not in Settings.model_fields:
+            log.warning("ignoring unknown environment variable %s%s", name,
+                        _nearest(field, Settings.model_fields, prefix="LONGREWARD_"))
+
+
+def _nearest(key: str, known, prefix: str = "") -> str:
+    close = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    name = prefix + close[0].upper() if prefix else close[0]
+    return f" (did you mean {name!r}?)"

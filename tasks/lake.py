@@ -21,10 +21,15 @@ from deltalake.exceptions import TableNotFoundError
 
 from tasks import storage
 from tasks.leases import Lease, Store
+from tasks.redact import scrub_table
 from tasks.schemas import TABLES, TableSpec
 
 log = logging.getLogger(__name__)
 TABLE_LEASE_S = 60.0  # a writer killed inside a write blocks the table this long at most
+
+# Source text and sampled answers are data: kept as written, except that a configured API key
+# is scrubbed from them too; every other string column also loses anything token-shaped.
+SOURCE_TEXT = {"prompts": ("context", "query", "meta"), "responses": ("text",)}
 
 
 class Lake:
@@ -164,6 +169,7 @@ class Lake:
         table = _first_per_key(table.select(spec.schema.names).cast(spec.schema), spec.keys)
         if table.num_rows == 0:
             return 0
+        table = scrub_table(table, keep_shapes=SOURCE_TEXT.get(name, ()))
         batch_keys = list(zip(*(table.column(k).to_pylist() for k in spec.keys), strict=True))
         # One writer per table at a time, whatever process or machine: the key check and the
         # append happen under the table's lease in the lake's store, so two writers never

@@ -67,7 +67,7 @@ def test_sql_example_files_and_parquet_output(demo_lake, tmp_path):
 
 def test_sql_is_read_only_and_errors_are_readable(demo_lake):
     out = cli("sql", "DELETE FROM prompts", "--lake", demo_lake, check=False)
-    assert out.returncode == 2 and "only read-only" in out.stderr
+    assert out.returncode == 2 and "refused: only one read-only query" in out.stderr
     out = cli("sql", "SELECT nope FROM prompts", "--lake", demo_lake, check=False)
     assert out.returncode == 1 and "SQL error" in out.stderr
 

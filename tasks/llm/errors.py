@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import openai
 
+from tasks.redact import scrub
+
 # Failures that say nothing about the request itself: retried by the client, and when they
 # outlast its retries, they abort the stage (Prefect retries it) instead of becoming a verdict.
 RETRYABLE_KINDS = frozenset({"rate_limit", "server_error", "timeout", "connection"})
@@ -61,6 +63,7 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 
 def reason_of(exc: BaseException) -> str:
+    """A readable reason to store: never the API key an endpoint may echo in its error."""
     if isinstance(exc, TimeoutError):
         return "no answer within the request timeout"
-    return str(exc)[:500] or type(exc).__name__
+    return scrub(str(exc))[:500] or type(exc).__name__

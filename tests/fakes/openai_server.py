@@ -43,14 +43,16 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 0.0
     text: str = ""
+    message: str = ""   # an error's message; "{api_key}" echoes the caller's bearer token
 
     @classmethod
     def rate_limit(cls, retry_after: float | None = 1.0) -> Fault:
         return cls("status", 429, retry_after=retry_after)
 
     @classmethod
-    def error(cls, status: int = 500, retry_after: float | None = None) -> Fault:
-        return cls("status", status, retry_after=retry_after)
+    def error(cls, status: int = 500, retry_after: float | None = None,
+              message: str = "") -> Fault:
+        return cls("status", status, retry_after=retry_after, message=message)
 
     @classmethod
     def slow(cls, seconds: float) -> Fault:
@@ -286,8 +288,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if fault.retry_after is not None:
                     headers["Retry-After"] = f"{fault.retry_after:g}"
                 kind = "rate_limit_error" if fault.status == 429 else "server_error"
-                status = self._send(fault.status, _error(f"scripted {fault.status}", kind),
-                                    headers)
+                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                message = (fault.message or f"scripted {fault.status}").replace("{api_key}", key)
+                status = self._send(fault.status, _error(message, kind), headers)
             elif self.path.rstrip("/").endswith("/chat/completions"):
                 text = fault.text if fault is not None and fault.kind == "text" \
                     else fake.responder(body)
