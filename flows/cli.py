@@ -124,7 +124,7 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to 
     if query.endswith(".sql") and Path(query).is_file():
         query = Path(query).read_text()
     try:
-        result = catalog.query(Lake(settings.lake), query).to_arrow_table()
+        result = catalog.query(errors.existing_lake(settings.lake), query).to_arrow_table()
     except catalog.ReadOnlyError as err:
         err_console.print("refused: " + str(err), markup=False, highlight=False)
         raise typer.Exit(2) from err
@@ -157,7 +157,7 @@ def catalog_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
                 path: Annotated[str | None, typer.Option(help="Catalog file to write.")] = None):
     """Write the DuckDB catalog file (views over the lake) for the DuckDB CLI or any client."""
     settings = _settings(config, lake=lake, catalog=path)
-    written = catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+    written = catalog.write_catalog(errors.existing_lake(settings.lake), settings.catalog_path)
     console.print(f"catalog written: {written}  (open it with: duckdb -readonly {written})")
 
 
@@ -166,7 +166,7 @@ def datasets_list(config: ConfigOpt = None, lake: LakeOpt = None,
                   kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None):
     """List published dataset versions."""
     settings = _settings(config, lake=lake)
-    versions = publish.list_versions(Lake(settings.lake), kind)
+    versions = publish.list_versions(errors.existing_lake(settings.lake), kind)
     if not versions:
         console.print("no dataset version published yet")
         return
@@ -182,7 +182,7 @@ def datasets_show(version: Annotated[str, typer.Argument(help="vN, N or latest."
     """Show one version's manifest: counts, hashes, lineage (table versions, code revision)."""
     settings = _settings(config, lake=lake)
     try:
-        found = publish.get_version(Lake(settings.lake), version)
+        found = publish.get_version(errors.existing_lake(settings.lake), version)
     except LookupError as err:
         err_console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from err
@@ -401,11 +401,13 @@ def report_cmd(run: Annotated[str | None, typer.Argument(help="Run id (default: 
     from tasks import report
 
     settings = _settings(config, lake=lake)
-    the_lake = Lake(settings.lake)
+    the_lake = errors.existing_lake(settings.lake)
     run_id = run or report.latest_run_id(the_lake)
     if run_id is None:
-        err_console.print("no run in this lake yet")
-        raise typer.Exit(1)
+        raise errors.fail("error: no run in this lake yet", 1)
+    if not report.list_runs(the_lake, run_id=run_id):
+        raise errors.fail(f"error: no run {run_id} in the lake at {settings.lake} (longreward runs "
+                   "lists them)", 1)
     stats = report.collect_run_stats(the_lake, run_id)
     console.print(report.render_terminal(stats))
     plots = report.plot_score_distributions(the_lake, run_id,
@@ -424,7 +426,8 @@ def maintain_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
     from tasks.maintenance import maintain
 
     settings = _settings(config, lake=lake)
-    done = maintain(Lake(settings.lake), retention_hours=retention_hours, dry_run=dry_run)
+    done = maintain(errors.existing_lake(settings.lake), retention_hours=retention_hours,
+                    dry_run=dry_run)
     _print_arrow(pa.Table.from_pylist([t.as_dict() for t in done]),
                  "maintenance (dry run)" if dry_run else "maintenance")
     if not dry_run:
@@ -438,7 +441,7 @@ def runs_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
     from tasks import report
 
     settings = _settings(config, lake=lake)
-    runs = report.list_runs(Lake(settings.lake), limit)
+    runs = report.list_runs(errors.existing_lake(settings.lake), limit)
     states = _flow_run_states([r["run_id"] for r in runs])
     for run in runs:
         run["state"] = states.get(run["run_id"], "")

@@ -41,6 +41,18 @@ def check_writable(lake: str, source: str | None = None) -> None:
         raise fail(f"error: {err}", 1) from err
 
 
+def existing_lake(root: str):
+    """The lake at ``root`` for a command that only reads it; one line and exit 1 when no lake
+    is there (a mistyped ``--lake`` must not answer "0 rows", nor create one)."""
+    from tasks.lake import Lake
+
+    lake = Lake(root)
+    if not lake.exists():
+        raise fail(f"error: no lake at {root} (check --lake / LONGREWARD_LAKE; a run writes "
+                   "one)", 1)
+    return lake
+
+
 class OneLineErrors(TyperGroup):
     """The command group that turns failures into one line and an exit code."""
 

@@ -14,6 +14,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
+from deltalake.exceptions import DeltaError
 
 from tasks import storage
 
@@ -77,7 +78,7 @@ def explain(err: BaseException) -> str | None:
         return f"permission denied: {err.filename or err}"
     if isinstance(err, FileNotFoundError):
         return f"not found: {err.filename or err}"
-    if isinstance(err, OSError) or type(err).__module__.startswith("deltalake"):
+    if isinstance(err, OSError | DeltaError) or type(err).__module__.startswith("deltalake"):
         first = str(err).splitlines()[0] if str(err) else ""
         return f"{type(err).__name__}: {first[:300]}"
     return None

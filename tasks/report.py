@@ -155,8 +155,9 @@ def latest_run_id(lake: Lake) -> str | None:
         con.close()
 
 
-def list_runs(lake: Lake, limit: int = 20) -> list[dict]:
-    """The lake's latest runs (newest first) with what each one wrote."""
+def list_runs(lake: Lake, limit: int = 20, run_id: str | None = None) -> list[dict]:
+    """The lake's latest runs (newest first) with what each one wrote (``run_id``: that run
+    only, or nothing when it wrote nothing)."""
     con = catalog.connect(lake)
     try:
         rows = con.execute("""
@@ -170,7 +171,8 @@ def list_runs(lake: Lake, limit: int = 20) -> list[dict]:
                    count(*) FILTER (WHERE what = 'responses') AS responses,
                    count(*) FILTER (WHERE what = 'judgments') AS judgments,
                    count(*) FILTER (WHERE what = 'pairs') AS pair_decisions
-            FROM runs GROUP BY run_id ORDER BY run_id DESC LIMIT ?""", [limit]).fetchall()
+            FROM runs WHERE ? IS NULL OR run_id = ?
+            GROUP BY run_id ORDER BY run_id DESC LIMIT ?""", [run_id, run_id, limit]).fetchall()
         published = dict(con.execute(
             "SELECT json_extract_string(lineage, '$.run_id'), string_agg(version, ', ') "
             "FROM datasets GROUP BY 1").fetchall())

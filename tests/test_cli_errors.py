@@ -55,13 +55,42 @@ def test_a_lake_that_cannot_be_written_is_one_line(tmp_path):
 
 
 def test_an_error_that_surfaces_late_is_one_line_and_verbose_shows_it(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    out = invoke("sql", "SELECT 1", "--lake", str(blocker / "lake"))
+    from tasks.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.ensure("prompts")
+    log = tmp_path / "lake" / "tables" / "prompts" / "_delta_log"
+    for entry in log.glob("*.json"):
+        entry.write_text("{not json")  # a torn log: found only when the table is read
+    out = invoke("sql", "SELECT count(*) FROM prompts", "--lake", lake.root)
     assert out.exit_code == 1
     assert "--verbose shows the traceback" in _one_line(out.stderr)
-    out = invoke("--verbose", "sql", "SELECT 1", "--lake", str(blocker / "lake"))
-    assert out.exit_code == 1 and isinstance(out.exception, OSError)
+    out = invoke("--verbose", "sql", "SELECT count(*) FROM prompts", "--lake", lake.root)
+    assert out.exit_code == 1 and out.exception is not None
+
+
+@pytest.mark.parametrize("command", [["sql", "SELECT 1"], ["report"], ["datasets", "list"],
+                                     ["runs"], ["catalog"], ["maintain"]])
+def test_reading_a_lake_that_is_not_there_fails_and_creates_nothing(tmp_path, command):
+    typo = tmp_path / "lkae"
+    out = invoke(*command, "--lake", str(typo))
+    assert out.exit_code == 1
+    assert _one_line(out.stderr).startswith(f"error: no lake at {typo}")
+    assert not typo.exists()
+
+
+def test_the_report_of_a_run_that_does_not_exist_is_an_error(tmp_path):
+    from datetime import UTC, datetime
+
+    from tasks.lake import Lake
+
+    Lake(str(tmp_path / "lake")).upsert("prompts", [{
+        "prompt_id": "p", "source_uri": "s3://b/x", "source_etag": "e", "context": "c",
+        "query": "q", "context_tokens": 1, "query_tokens": 1, "tokenizer": "t", "run_id": "r1",
+        "ingested_at": datetime.now(UTC)}])
+    out = invoke("report", "r-typo", "--lake", str(tmp_path / "lake"))
+    assert out.exit_code == 1 and "no run r-typo" in _one_line(out.stderr)
+    assert invoke("report", "r1", "--lake", str(tmp_path / "lake")).exit_code == 0
 
 
 def test_a_missing_bucket_is_one_line(s3_endpoint, tmp_path):
@@ -80,6 +109,9 @@ def test_refused_credentials_are_named():
 
 
 def test_csv_of_list_and_struct_columns_is_json_text(tmp_path):
+    from tasks.lake import Lake
+
+    Lake(str(tmp_path / "lake")).ensure("prompts")
     out = invoke("sql", "SELECT [1, 2] AS l, {'a': 'x'} AS s, NULL::INT[] AS e, 3 AS n",
                  "-f", "csv", "--lake", str(tmp_path / "lake"))
     assert out.exit_code == 0, out.output
