@@ -8,12 +8,14 @@ import asyncio
 import pytest
 
 from tasks import catalog
+from tasks.config import Settings
 from tasks.embeddings import EndpointEmbedder
 from tasks.lake import Lake
 from tasks.llm.batch import BatchJudge
 from tasks.llm.client import LLMClient
 from tasks.llm.errors import LLMCallError
 from tasks.pair import PairRule, run_pairing
+from tasks.pipeline import judge_from_settings, score_options, stage_score
 from tasks.score.judge import JudgeOptions
 from tasks.score.stage import ScoreOptions, score_pending
 from tests.fakes.batch_server import BatchScript, FakeBatchOpenAI
@@ -188,3 +190,25 @@ def test_calls_that_keep_failing_become_errors_that_are_not_retried(tmp_path):
         with pytest.raises(LLMCallError) as refused:
             asyncio.run(go("bad"))
         assert refused.value.kind == "client_error" and len(server.submitted) == 4
+
+
+def test_one_setting_turns_the_scoring_stage_to_batches(tmp_path):
+    lake = _lake(tmp_path, {"q": PROMPTS["q"]})
+    with FakeBatchOpenAI(varied_judge) as server:
+        settings = Settings(lake=lake.root, judge_base_url=server.url, judge_model="judge",
+                            embeddings_base_url=server.url, chunk_tokens=512,
+                            judge_statements_max_tokens=40, judge_cost_per_mtok_in=1.0,
+                            judge_mode="batch", batch_idle_s=0.05, batch_poll_s=0.01)
+        assert isinstance(judge_from_settings(settings, "run"), BatchJudge)
+        assert score_options(settings).prompts_in_flight == settings.batch_prompts_in_flight
+        report = stage_score(settings, "run")
+        assert server.by_path["/v1/chat/completions"] == 0 and server.submitted
+    expected = {f"q-{i}": s.reward for i, s in enumerate(PROMPTS["q"])}
+    assert _rewards(lake) == pytest.approx(expected)
+    assert report.judgments_ok + report.judgments_failed == 4 * len(expected)
+    con = catalog.connect(lake)
+    paid, batch_cost = con.execute(
+        "SELECT sum(cost_usd), (SELECT sum(cost_usd) FROM llm_batches) FROM llm_calls "
+        "WHERE role = 'judge'").fetchone()
+    assert paid == pytest.approx(batch_cost) and paid > 0
+    assert Settings(judge_mode="batch").config_hash() == Settings().config_hash()
