@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -171,16 +172,21 @@ class BatchJudge:
         return task
 
     async def _send_round(self, keys: list[str]) -> None:
-        """Collect the open batches that carry some of ``keys``; submit the rest as one."""
+        """Submit ``keys`` as one batch, less those answered meanwhile and those an open batch
+        (of this run, or of a killed one: it is collected) carries."""
         try:
+            keys = await self._from_cache(keys)
+            if not keys:
+                return
+            open_batches = await asyncio.to_thread(self._open_batches)
+            open_batches += [(b, self._carried[b], 0) for b in self._collecting
+                             if b in self._carried]
             carried: set[str] = set()
-            for batch_id, hashes, resubmit in await asyncio.to_thread(self._open_batches):
+            for batch_id, hashes, resubmit in open_batches:
                 if hashes & set(keys):
                     carried |= hashes
                     self._collect_once(batch_id, resubmit)
             rest = [k for k in keys if k not in carried]
-            if self.client.cache is not None:  # answered since it was queued: do not pay again
-                rest = [k for k in rest if not self._answer_from_cache(k)]
             if rest:
                 await self._submit(rest, resubmit=0)
         except Exception as err:
@@ -192,18 +198,25 @@ class BatchJudge:
             log.info("collecting open batch %s instead of submitting its calls again", batch_id)
             self._collecting[batch_id] = self._spawn(self._collect(batch_id, resubmit))
 
-    def _answer_from_cache(self, key: str) -> bool:
-        hit = self.client.cache.get(key) if self.client.cache else None
-        pending = self._waiting.pop(key, None)
-        if hit is None or pending is None:
-            if pending is not None:
-                self._waiting[key] = pending
-            return False
-        result = cached_result(hit, key, _ms(pending.queued))
-        self._row(pending.call, result, cached=True)
-        if not pending.future.done():
-            pending.future.set_result(result)
-        return True
+    async def _from_cache(self, keys: list[str]) -> list[str]:
+        """Answer the keys the cache holds by now; returns the others."""
+        if self.client.cache is None:
+            return keys
+        cache = self.client.cache
+        hits = await asyncio.to_thread(lambda: {k: cache.get(k) for k in keys})
+        rest = []
+        for key in keys:
+            pending = self._waiting.get(key)
+            if hits[key] is None or pending is None:
+                rest += [key] if pending is not None else []
+                continue
+            del self._waiting[key]
+            result = cached_result(hits[key], key, _ms(pending.queued))
+            self.client.cache_hits += 1
+            self._row(pending.call, result, cached=True)
+            if not pending.future.done():
+                pending.future.set_result(result)
+        return rest
 
     async def _submit(self, keys: list[str], resubmit: int) -> None:
         keys = [k for k in keys if k in self._waiting]
@@ -240,7 +253,14 @@ class BatchJudge:
         api = self._api()
         delay = self.poll_s
         while True:
-            batch = await self._retrying(lambda: api.batches.retrieve(batch_id))
+            try:
+                batch = await self._retrying(lambda: api.batches.retrieve(batch_id))
+            except LLMCallError as err:
+                if err.status_code != 404:
+                    raise
+                # the endpoint does not know it (a restarted vLLM, another account): lost
+                batch = SimpleNamespace(id=batch_id, status="failed", input_file_id=None,
+                                        output_file_id=None, error_file_id=None, errors=None)
             if batch.status in ENDED:
                 break
             await asyncio.sleep(delay)
@@ -299,11 +319,14 @@ class BatchJudge:
                  "finish_reason": choice.get("finish_reason"),
                  "usage": {"prompt_tokens": usage.get("prompt_tokens"),
                            "completion_tokens": usage.get("completion_tokens")}}
-        pending = self._waiting.pop(key, None)
+        pending = self._waiting.get(key)
         latency = _ms(pending.queued) if pending else 0.0
         if self.client.cache is not None:
             await self.client.cache.aput(key, role=self.client.role, model=self.model,
                                          response={**entry, "latency_ms": latency})
+        # A waiter is looked up after the cache write: one who came meanwhile is answered here,
+        # one who comes later finds the answer in the cache.
+        pending = self._waiting.pop(key, None)
         if pending is None or pending.future.done():
             return
         self.client.calls_made += 1
@@ -360,7 +383,7 @@ class BatchJudge:
         ended = {r["batch_id"] for r in rows if r["status"] in ENDED}
         return [(r["batch_id"], set(r["request_hashes"] or []), r["resubmit"] or 0) for r in rows
                 if r["status"] == "submitted" and r["model"] == self.model
-                and r["batch_id"] not in ended and r["batch_id"] not in self._collecting]
+                and r["batch_id"] not in ended]
 
     def _hashes_of(self, batch_id: str) -> set[str]:
         """The calls a batch carries: what this judge submitted, or what the lake recorded."""

@@ -12,7 +12,7 @@ from tasks.config import Settings
 from tasks.embeddings import EndpointEmbedder
 from tasks.lake import Lake
 from tasks.llm.batch import BatchJudge
-from tasks.llm.client import LLMClient
+from tasks.llm.client import LLMClient, chat_call
 from tasks.llm.errors import LLMCallError
 from tasks.pair import PairRule, run_pairing
 from tasks.pipeline import judge_from_settings, score_options, stage_score
@@ -212,3 +212,25 @@ def test_one_setting_turns_the_scoring_stage_to_batches(tmp_path):
         "WHERE role = 'judge'").fetchone()
     assert paid == pytest.approx(batch_cost) and paid > 0
     assert Settings(judge_mode="batch").config_hash() == Settings().config_hash()
+
+
+def test_a_recorded_batch_the_endpoint_does_not_know_is_resubmitted(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    with FakeBatchOpenAI(lambda req: "[[3]]") as server:
+        judge = _judge(server, tmp_path, lake, True)
+        msgs = [{"role": "user", "content": "question"}]
+        key = chat_call("judge", "judge", msgs, temperature=0.0, top_p=1.0, max_tokens=8).key
+        judge._log_batch({"batch_id": "batch-gone", "status": "submitted", "resubmit": 0,
+                          "request_hashes": [key], "requests": 1})
+
+        async def go():
+            try:
+                return await judge.chat(msgs, temperature=0.0, top_p=1.0, max_tokens=8)
+            finally:
+                await judge.aclose()
+
+        assert asyncio.run(go()).text == "[[3]]"
+        assert server.submitted == [[key]]
+    ends = {r["batch_id"]: r for r in lake.read("llm_batches").to_pylist()
+            if r["status"] != "submitted"}
+    assert ends["batch-gone"]["status"] == "failed" and ends["batch-gone"]["failed"] == 1
