@@ -28,7 +28,8 @@ _NON_SEMANTIC = {"lake", "source", "catalog", "judge_base_url", "policy_base_url
                  "task_runner", "base_model"}
 # How judge calls are paid for, not what they say (issue 14's batch settings).
 _NON_SEMANTIC |= {"judge_mode", "batch_price_factor", "batch_idle_s", "batch_poll_s",
-                  "batch_poll_max_s", "batch_max_resubmits", "batch_prompts_in_flight"}
+                  "batch_poll_max_s", "batch_max_resubmits", "batch_prompts_in_flight",
+                  "batch_reasks_online"}
 
 
 class Settings(BaseSettings):
@@ -120,6 +121,9 @@ class Settings(BaseSettings):
         2, ge=0, description="Resubmissions of calls a batch did not answer (expired, failed).")
     batch_prompts_in_flight: int = Field(
         1000, gt=0, description="Prompts scored together in batch mode (one batch per round).")
+    batch_reasks_online: bool = Field(
+        False, description="Re-asks after a protocol break go online (full price, no extra "
+        "batch turnaround per re-ask).")
 
     @field_validator("lake", "source")
     @classmethod

@@ -39,7 +39,8 @@ def judge_from_settings(settings: Settings, run_id: str) -> Judge:
             return BatchJudge(client, Lake(settings.lake), idle_s=settings.batch_idle_s,
                               poll_s=settings.batch_poll_s, poll_max_s=settings.batch_poll_max_s,
                               max_resubmits=settings.batch_max_resubmits,
-                              price_factor=settings.batch_price_factor)
+                              price_factor=settings.batch_price_factor,
+                              reasks_online=settings.batch_reasks_online)
         return client
     return OfflineJudge(embedder_from_settings(settings))
 

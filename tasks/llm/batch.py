@@ -69,7 +69,8 @@ class BatchJudge:
 
     def __init__(self, client: LLMClient, lake: Lake | None = None, *, idle_s: float = 2.0,
                  poll_s: float = 30.0, poll_max_s: float = 600.0, max_resubmits: int = 2,
-                 price_factor: float = 0.5, completion_window: str = "24h"):
+                 price_factor: float = 0.5, completion_window: str = "24h",
+                 reasks_online: bool = False):
         if idle_s <= 0 or poll_s <= 0 or max_resubmits < 0 or price_factor < 0:
             raise ValueError("need idle_s > 0, poll_s > 0, max_resubmits >= 0, "
                              "price_factor >= 0")
@@ -82,6 +83,9 @@ class BatchJudge:
         self.max_resubmits = max_resubmits
         self.price_factor = price_factor
         self.completion_window = completion_window
+        # re-asks after a protocol break are few but each costs a batch turnaround: online, a
+        # night takes two rounds instead of up to 1 + attempts
+        self.reasks_online = reasks_online
         self._waiting: dict[str, _Pending] = {}   # every key somebody awaits
         self._queue: list[str] = []               # keys not sent yet
         self._timer: asyncio.TimerHandle | None = None
@@ -98,6 +102,10 @@ class BatchJudge:
 
     async def chat(self, messages: list[dict], *, temperature: float, top_p: float,
                    max_tokens: int, attempt: int = 0, purpose: str | None = None) -> ChatResult:
+        if attempt and self.reasks_online:
+            return await self.client.chat(messages, temperature=temperature, top_p=top_p,
+                                          max_tokens=max_tokens, attempt=attempt,
+                                          purpose=purpose)
         msgs = [dict(m) for m in messages]
         call = chat_call(self.model, self.client.role, msgs, temperature=temperature,
                          top_p=top_p, max_tokens=max_tokens, attempt=attempt, purpose=purpose)

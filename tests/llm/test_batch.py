@@ -19,7 +19,7 @@ from tasks.pipeline import judge_from_settings, score_options, stage_score
 from tasks.score.judge import JudgeOptions
 from tasks.score.stage import ScoreOptions, score_pending
 from tests.fakes.batch_server import BatchScript, FakeBatchOpenAI
-from tests.score.test_real_judges import PROMPTS, varied_judge
+from tests.score.test_real_judges import FIRST, PROMPTS, varied_judge
 from tests.score.test_scoring import _lake_with
 
 OPTIONS = ScoreOptions(chunk_tokens=512, prompts_in_flight=100,
@@ -234,3 +234,28 @@ def test_a_recorded_batch_the_endpoint_does_not_know_is_resubmitted(tmp_path):
     ends = {r["batch_id"]: r for r in lake.read("llm_batches").to_pylist()
             if r["status"] != "submitted"}
     assert ends["batch-gone"]["status"] == "failed" and ends["batch-gone"]["failed"] == 1
+
+
+def test_re_asks_can_go_online_so_a_night_takes_two_rounds(tmp_path):
+    lake = _lake(tmp_path, {"q": PROMPTS["q"]})
+    with FakeBatchOpenAI(varied_judge) as server:
+
+        async def go():
+            client = LLMClient(base_url=server.url, model="judge", cache=tmp_path / "c.sqlite",
+                               backoff_base_s=0.01, **PRICE)
+            judge = BatchJudge(client, lake, idle_s=0.05, poll_s=0.01, reasks_online=True)
+            async with LLMClient(base_url=server.url, model="e", role="embeddings",
+                                 cache=tmp_path / "c.sqlite") as embed:
+                await score_pending(lake, judge, EndpointEmbedder(embed), OPTIONS, "run")
+            calls = judge.drain_call_log()
+            await judge.aclose()
+            return calls
+
+        calls = asyncio.run(go())
+        lines = [line["body"] for state in server.batches.values() for line in state["lines"]]
+        online = [b for b in server.bodies if "messages" in b]
+    assert len(server.submitted) == 2 and {b["temperature"] for b in lines} == {FIRST}
+    assert online and {b["temperature"] for b in online} == {0.95}
+    assert len(online) == sum(1 for c in calls if c["attempt"] and not c["cached"])
+    expected = {f"q-{i}": s.reward for i, s in enumerate(PROMPTS["q"])}
+    assert _rewards(lake) == pytest.approx(expected)
