@@ -35,14 +35,13 @@ import openai
 import pyarrow.compute as pc
 
 from tasks.lake import Lake
+from tasks.llm.batch_files import ENDED, ENDPOINT, Outcome, batch_reason, read_line
 from tasks.llm.cache import canonical_json
 from tasks.llm.client import CallInfo, ChatResult, LLMClient, cached_result, chat_call
 from tasks.llm.errors import RETRYABLE_KINDS, LLMCallError, classify, reason_of
 
 log = logging.getLogger(__name__)
 
-ENDPOINT = "/v1/chat/completions"
-ENDED = ("completed", "expired", "failed", "cancelled")
 
 
 @dataclass
@@ -51,17 +50,6 @@ class _Pending:
     body: dict[str, Any]
     future: asyncio.Future
     queued: float  # perf_counter when first asked
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """One line of a batch's output or error file."""
-
-    key: str
-    response: dict[str, Any] | None   # the chat completion body when answered
-    retry: bool = False               # unanswered for a reason that says nothing of the request
-    reason: str = ""
-    status_code: int | None = None
 
 
 class BatchJudge:
@@ -89,7 +77,9 @@ class BatchJudge:
         self._waiting: dict[str, _Pending] = {}   # every key somebody awaits
         self._queue: list[str] = []               # keys not sent yet
         self._timer: asyncio.TimerHandle | None = None
+        self._looking = 0                         # chat() calls in their cache lookup
         self._collecting: dict[str, asyncio.Task] = {}  # batch id -> its collector
+        self._finishing: set[asyncio.Task] = set()      # collectors past the batch's end
         self._carried: dict[str, set[str]] = {}         # batch id -> keys, submitted here
         self._tasks: set[asyncio.Task] = set()
         self.batches_submitted = self.batches_collected = self.requests_submitted = 0
@@ -112,7 +102,11 @@ class BatchJudge:
         started = time.perf_counter()
         pending = self._waiting.get(call.key)
         if pending is None:
-            hit = await self.client.cache.aget(call.key) if self.client.cache else None
+            self._looking += 1  # a round is not sent while a request is still being looked up
+            try:
+                hit = await self.client.cache.aget(call.key) if self.client.cache else None
+            finally:
+                self._looking -= 1
             if hit is not None:
                 self.client.cache_hits += 1
                 result = cached_result(hit, call.key, _ms(started))
@@ -146,6 +140,8 @@ class BatchJudge:
         """Stop waiting (batches keep running at the endpoint: a rerun collects them)."""
         if self._timer is not None:
             self._timer.cancel()
+        # a batch that ended is recorded as such first (else a rerun would collect it again)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -169,6 +165,9 @@ class BatchJudge:
 
     def _flush(self) -> None:
         self._timer = None
+        if self._looking:
+            self._arm()
+            return
         keys, self._queue = self._queue, []
         if keys:
             self._spawn(self._send_round(keys))
@@ -256,6 +255,7 @@ class BatchJudge:
             self._fail_all(await asyncio.to_thread(self._hashes_of, batch_id), err)
         finally:
             self._collecting.pop(batch_id, None)
+            self._finishing.discard(asyncio.current_task())
 
     async def _collect_batch(self, batch_id: str, resubmit: int) -> None:
         api = self._api()
@@ -270,19 +270,20 @@ class BatchJudge:
                 batch = SimpleNamespace(id=batch_id, status="failed", input_file_id=None,
                                         output_file_id=None, error_file_id=None, errors=None)
             if batch.status in ENDED:
+                self._finishing.add(asyncio.current_task())
                 break
             await asyncio.sleep(delay)
             delay = min(self.poll_max_s, delay * 1.5)
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 content = await self._retrying(lambda f=file_id: api.files.content(f))
-                outcomes += [_outcome(json.loads(line)) for line in content.text.splitlines()
+                outcomes += [read_line(json.loads(line)) for line in content.text.splitlines()
                              if line.strip()]
         carried = await asyncio.to_thread(self._hashes_of, batch_id)
         seen = {o.key for o in outcomes}
-        why = _batch_reason(batch)
-        outcomes += [_Outcome(k, None, retry=True, reason=why) for k in carried if k not in seen]
+        why = batch_reason(batch)
+        outcomes += [Outcome(k, None, retry=True, reason=why) for k in carried if k not in seen]
         again = await self._settle(outcomes, resubmit)
         answered = [o for o in outcomes if o.response is not None]
         tokens_in = sum((o.response.get("usage") or {}).get("prompt_tokens") or 0
@@ -301,7 +302,7 @@ class BatchJudge:
         if again:
             await self._submit(again, resubmit + 1)
 
-    async def _settle(self, outcomes: Iterable[_Outcome], resubmit: int) -> list[str]:
+    async def _settle(self, outcomes: Iterable[Outcome], resubmit: int) -> list[str]:
         """Store answers and resolve their waiters; returns the keys to submit again."""
         again: list[str] = []
         for o in outcomes:
@@ -408,30 +409,6 @@ class BatchJudge:
                 "failed": None, "tokens_in": None, "tokens_out": None, "cost_usd": None,
                 **row, "model": self.model, "run_id": self.client.run_id,
                 "created_at": datetime.now(UTC)}])
-
-
-def _outcome(line: dict[str, Any]) -> _Outcome:
-    """Read one output / error file line (the OpenAI batch output format)."""
-    key = line["custom_id"]
-    response = line.get("response") or {}
-    error = line.get("error")
-    status = response.get("status_code")
-    if status == 200 and not error:
-        return _Outcome(key, response.get("body") or {})
-    body_error = (response.get("body") or {}).get("error") or {}
-    reason = (error or {}).get("message") or body_error.get("message") or f"status {status}"
-    code = (error or {}).get("code") or ""
-    retry = status is None or status == 429 or status >= 500 or code in (
-        "batch_expired", "batch_cancelled")
-    return _Outcome(key, None, retry=retry, reason=f"batch line {code or status}: {reason}",
-                    status_code=status)
-
-
-def _batch_reason(batch: Any) -> str:
-    errors = getattr(getattr(batch, "errors", None), "data", None) or []
-    detail = "; ".join(f"{e.code}: {e.message}" for e in errors)
-    return f"batch {batch.id} {batch.status} without answering it" + (
-        f" ({detail})" if detail else "")
 
 
 def _ms(started: float) -> float:
