@@ -9,6 +9,7 @@ the key points re-extracted per answer), and a second pass of ours over the same
 
     python bench/judge.py                        # defaults: 8 prompts x 10, L=0.2s, C=16
     python bench/judge.py --prompts 2 --latency 0.05
+    python bench/judge.py --mode batch           # online vs Batch API judging, same prompts
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tasks import catalog  # noqa: E402
 from tasks.demo_data import DemoPrompt, make_prompts  # noqa: E402
 from tasks.embeddings import EndpointEmbedder  # noqa: E402
 from tasks.lake import Lake  # noqa: E402
 from tasks.llm.client import LLMClient  # noqa: E402
 from tasks.score.judge import load_prompt  # noqa: E402
 from tasks.score.stage import ScoreOptions, score_pending, score_prompt  # noqa: E402
+from tests.fakes.batch_server import FakeBatchOpenAI  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,9 +73,10 @@ def responder(request: dict) -> str:
         found = [m.group(0) for m in FACT.finditer(" ".join(section(request, "chunk").split()))]
         return "\n".join(f"{i}. {s}" for i, s in enumerate(found, 1)) or "No relevant information"
     if task == "rating completeness":
-        points = [p[2:] for p in section(request, "key_points").splitlines() if p.startswith("- ")]
+        points = re.findall(r"^\d+\. (.*)$", section(request, "key_points"), re.M)
         covered = sum(p in answer for p in points)
-        return f"Covers {covered} of {len(points)} key points.\n[[{10 * covered / len(points):g}]]"
+        share = 10 * covered / max(1, len(points))
+        return f"Covers {covered} of {len(points)} key points.\n[[{share:g}]]"
     raise ValueError(f"unknown judge task {task!r}")
 
 
@@ -185,6 +189,57 @@ def show(name: str, r: dict, args) -> None:
           f"embedded texts {r['texts']:.1f}")
 
 
+async def judged(lake: Lake, server: FakeOpenAI, cache: Path, args, batch: bool) -> dict:
+    """Score the lake online or through the Batch API (fresh cache); the judge's figures."""
+    from tasks.llm.batch import BatchJudge
+
+    client = LLMClient(base_url=server.url, model="judge", cache=cache,
+                       concurrency=args.concurrency, cost_per_mtok_in=args.price_in,
+                       cost_per_mtok_out=args.price_out)
+    judge = BatchJudge(client, lake, idle_s=0.2, poll_s=0.05, poll_max_s=0.2) if batch \
+        else client
+    embed = LLMClient(base_url=server.url, model="embed", role="embeddings", cache=cache)
+    started = time.perf_counter()
+    await score_pending(lake, judge, EndpointEmbedder(embed), ScoreOptions(
+        prompts_in_flight=args.prompts), "bench")
+    wall = time.perf_counter() - started
+    rows = judge.drain_call_log()
+    lake.upsert("llm_calls", rows)
+    stats = judge.stats()
+    await judge.aclose()
+    await embed.aclose()
+    rewards = dict(catalog.connect(lake).execute(
+        "SELECT response_id, reward FROM rewards").fetchall())
+    paid = [r for r in rows if not r["cached"]]
+    return {"calls": len(rows), "paid": len(paid), "wall": wall, "rewards": rewards,
+            "tok_in": sum(r["tokens_in"] or 0 for r in paid),
+            "tok_out": sum(r["tokens_out"] or 0 for r in paid),
+            "cost": sum(r["cost_usd"] or 0.0 for r in rows),
+            "batches": stats.get("batches_submitted", 0)}
+
+
+def compare_modes(args, prompts: list[DemoPrompt]) -> None:
+    n = args.prompts
+    with tempfile.TemporaryDirectory() as tmp, FakeBatchOpenAI(
+            responder, latency_s=args.latency, polls=2) as server:
+        root = Path(tmp)
+        print(f"{n} prompts x {args.answers} answers, ~{args.context_words} words of context; "
+              f"price ${args.price_in}/${args.price_out} per M tokens in/out", flush=True)
+        out = {mode: asyncio.run(judged(fill_lake(root / mode, prompts, args.answers, args.seed),
+                                        server, root / f"{mode}.sqlite", args, mode == "batch"))
+               for mode in ("online", "batch")}
+        sizes = [len(b) for b in server.submitted]
+    on, off = out["online"], out["batch"]
+    print(f"\n{'per prompt':<26}{'online':>12}{'batch':>12}{'batch/online':>14}")
+    for name, key, scale in (("judge calls (llm_calls)", "calls", n), ("paid calls", "paid", n),
+                             ("prompt tokens", "tok_in", n), ("completion tokens", "tok_out", n),
+                             ("cost (USD)", "cost", n), ("wall time (s, total)", "wall", 1)):
+        a, b = on[key] / scale, off[key] / scale
+        print(f"{name:<26}{a:>12.4g}{b:>12.4g}{b / a if a else float('nan'):>14.2f}")
+    print(f"batches submitted: {off['batches']} (calls each: {sizes}); rewards identical: "
+          f"{on['rewards'] == off['rewards']} ({len(on['rewards'])} answers)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,9 +251,16 @@ def main() -> None:
                         help="words per context (6000: ~7k tokens, 2 extraction chunks)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-naive", action="store_true", help="only measure ours")
+    parser.add_argument("--mode", choices=("online", "batch"), default="online",
+                        help="batch: compare online and Batch API judging instead")
+    parser.add_argument("--price-in", type=float, default=2.0, help="USD / M prompt tokens")
+    parser.add_argument("--price-out", type=float, default=8.0, help="USD / M output tokens")
     args = parser.parse_args()
     n = args.prompts
     prompts = make_prompts(n, args.seed, args.context_words)
+    if args.mode == "batch":
+        compare_modes(args, prompts)
+        return
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(responder,
                                                           latency_s=args.latency) as server:
         root = Path(tmp)

@@ -38,6 +38,10 @@ _NON_SEMANTIC = {"lake", "source", "catalog", "judge_base_url", "policy_base_url
                  "embeddings_base_url", "judge_concurrency", "policy_concurrency",
                  "request_timeout_s", "max_retries", "task_retries", "task_retry_delay_s",
                  "task_runner", "base_model"}
+# How judge calls are paid for, not what they say (issue 14's batch settings).
+_NON_SEMANTIC |= {"judge_mode", "batch_price_factor", "batch_idle_s", "batch_poll_s",
+                  "batch_poll_max_s", "batch_max_resubmits", "batch_prompts_in_flight",
+                  "batch_reasks_online"}
 
 
 class Settings(BaseSettings):
@@ -114,6 +118,24 @@ class Settings(BaseSettings):
     judge_cost_per_mtok_out: float = Field(0.0, ge=0.0)
     policy_cost_per_mtok_in: float = Field(0.0, ge=0.0)
     policy_cost_per_mtok_out: float = Field(0.0, ge=0.0)
+
+    # batch judging (issue 14): the judge's calls through its endpoint's Batch API
+    judge_mode: Literal["online", "batch"] = Field(
+        "online", description="'batch': scoring sends its judge calls as batch files "
+        "(OpenAI Batch API / vLLM run-batch format), round by round; same rewards, batch price.")
+    batch_price_factor: float = Field(
+        0.5, ge=0.0, description="Batch price as a share of the online price (llm_calls cost).")
+    batch_idle_s: float = Field(
+        2.0, gt=0, description="A round is sent once no new judge request came for this long.")
+    batch_poll_s: float = Field(30.0, gt=0, description="First wait between batch polls.")
+    batch_poll_max_s: float = Field(600.0, gt=0, description="Longest wait between polls.")
+    batch_max_resubmits: int = Field(
+        2, ge=0, description="Resubmissions of calls a batch did not answer (expired, failed).")
+    batch_prompts_in_flight: int = Field(
+        1000, gt=0, description="Prompts scored together in batch mode (one batch per round).")
+    batch_reasks_online: bool = Field(
+        False, description="Re-asks after a protocol break go online (full price, no extra "
+        "batch turnaround per re-ask).")
 
     @field_validator("lake", "source")
     @classmethod

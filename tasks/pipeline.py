@@ -28,19 +28,35 @@ log = logging.getLogger(__name__)
 
 
 def judge_from_settings(settings: Settings, run_id: str) -> Judge:
-    """The LLM judge at ``judge_base_url``; the offline judge when none is set."""
+    """The LLM judge at ``judge_base_url`` (through its Batch API when ``judge_mode`` is
+    ``batch``); the offline judge when none is set."""
     if settings.judge_base_url:
         from tasks.llm.client import LLMClient
 
-        return LLMClient.from_settings(settings, "judge", run_id=run_id)
+        client = LLMClient.from_settings(settings, "judge", run_id=run_id)
+        if settings.judge_mode == "batch":
+            from tasks.llm.batch import BatchJudge
+
+            return BatchJudge(client, Lake(settings.lake), idle_s=settings.batch_idle_s,
+                              poll_s=settings.batch_poll_s, poll_max_s=settings.batch_poll_max_s,
+                              max_resubmits=settings.batch_max_resubmits,
+                              price_factor=settings.batch_price_factor,
+                              reasks_online=settings.batch_reasks_online)
+        return client
     return OfflineJudge(embedder_from_settings(settings))
+
+
+def batched(settings: Settings) -> bool:
+    """Judge calls go through the Batch API: score many prompts at once, one batch a round."""
+    return settings.judge_mode == "batch" and bool(settings.judge_base_url)
 
 
 def score_options(settings: Settings) -> ScoreOptions:
     return ScoreOptions(
         tokenizer=settings.tokenizer, chunk_tokens=settings.chunk_tokens,
         segment_tokens=settings.segment_tokens, top_k=settings.top_k_segments,
-        prompts_in_flight=max(1, settings.judge_concurrency // 4),
+        prompts_in_flight=settings.batch_prompts_in_flight if batched(settings)
+        else max(1, settings.judge_concurrency // 4),
         judge=judge_options(settings))
 
 

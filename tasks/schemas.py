@@ -153,6 +153,29 @@ LLM_CALLS = _spec(
     f("finish_reason", pa.string()),    # "length" = cut off at max_tokens
 )
 
+LLM_BATCHES = _spec(
+    "llm_batches", ("batch_id", "status"),
+    "one row per state a judge batch (OpenAI Batch API) reached: 'submitted' when created, "
+    "then its end ('completed', 'expired', 'failed', 'cancelled'); a batch without an end row "
+    "is still open, and a rerun collects it instead of submitting its calls again",
+    f("batch_id", pa.string(), nullable=False),
+    f("status", pa.string(), nullable=False),
+    f("input_file_id", pa.string()),
+    f("output_file_id", pa.string()),
+    f("error_file_id", pa.string()),
+    f("model", pa.string(), nullable=False),
+    f("run_id", pa.string(), nullable=False),
+    f("request_hashes", pa.list_(pa.string())),  # the calls it carries (their custom_id)
+    f("requests", pa.int64()),
+    f("succeeded", pa.int64()),                  # answered (end rows)
+    f("failed", pa.int64()),                     # errored or never run (end rows)
+    f("tokens_in", pa.int64()),
+    f("tokens_out", pa.int64()),
+    f("cost_usd", pa.float64()),                 # at the batch price (end rows)
+    f("resubmit", pa.int32()),                   # 0 = first submission of these calls
+    f("created_at", TS, nullable=False),
+)
+
 PAIRS = _spec(
     "pairs", ("prompt_id", "run_id"), "best vs worst answer of a prompt",
     f("prompt_id", pa.string(), nullable=False),
@@ -197,5 +220,5 @@ MODELS = _spec(
 
 TABLES: dict[str, TableSpec] = {
     s.name: s for s in (PROMPTS, REJECTS, INGESTED_OBJECTS, RESPONSES, JUDGMENTS, STATEMENTS,
-                        KEY_POINTS, LLM_CALLS, PAIRS, DATASETS, MODELS)
+                        KEY_POINTS, LLM_CALLS, LLM_BATCHES, PAIRS, DATASETS, MODELS)
 }

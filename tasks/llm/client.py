@@ -103,6 +103,26 @@ def shared_cache(settings: Any) -> SharedCallCache:
                                                                        "cache"))
 
 
+def chat_call(model: str, role: str, messages: list[dict[str, Any]], *, temperature: float,
+              top_p: float, max_tokens: int, seed: int | None = None,
+              sample_index: int | None = None, attempt: int = 0,
+              extra: Mapping[str, Any] | None = None, purpose: str | None = None) -> CallInfo:
+    """The :class:`CallInfo` of a chat request; its key is the same whichever way the call is
+    paid for (online or in a batch), so their answers are interchangeable in the cache."""
+    params = {"endpoint": "chat", "temperature": temperature, "top_p": top_p,
+              "max_tokens": max_tokens, "seed": seed, "sample_index": sample_index,
+              "attempt": attempt or None, "n": 1, "extra": dict(extra) if extra else None}
+    return CallInfo(request_hash(model, messages, params), role, model, purpose, attempt,
+                    temperature, max_tokens)
+
+
+def cached_result(hit: Mapping[str, Any], key: str, latency_ms: float) -> ChatResult:
+    """A :class:`ChatResult` from a call cache entry."""
+    usage = hit.get("usage") or {}
+    return ChatResult(hit["text"], hit.get("finish_reason"), usage.get("prompt_tokens"),
+                      usage.get("completion_tokens"), latency_ms, True, key)
+
+
 class LLMClient:
     """Async chat + embeddings client with retries, a call cache and per-call accounting."""
 
@@ -189,11 +209,9 @@ class LLMClient:
         ``llm_calls`` row (not hashed, not sent).
         """
         messages = [dict(m) for m in messages]
-        params = {"endpoint": "chat", "temperature": temperature, "top_p": top_p,
-                  "max_tokens": max_tokens, "seed": seed, "sample_index": sample_index,
-                  "attempt": attempt or None, "n": 1, "extra": dict(extra) if extra else None}
-        call = CallInfo(request_hash(self.model, messages, params), self.role, self.model,
-                        purpose, attempt, temperature, max_tokens)
+        call = chat_call(self.model, self.role, messages, temperature=temperature, top_p=top_p,
+                         max_tokens=max_tokens, seed=seed, sample_index=sample_index,
+                         attempt=attempt, extra=extra, purpose=purpose)
         result, shared = await self._single_flight(
             call.key, lambda: self._chat(call, messages, top_p, seed, extra))
         if shared:
@@ -234,9 +252,7 @@ class LLMClient:
         hit = await self._lookup(key)
         if hit is not None:
             self.cache_hits += 1
-            usage = hit.get("usage") or {}
-            result = ChatResult(hit["text"], hit.get("finish_reason"), usage.get("prompt_tokens"),
-                                usage.get("completion_tokens"), _ms(started), True, key)
+            result = cached_result(hit, key, _ms(started))
             self._record(call, result.tokens_in, result.tokens_out, result.latency_ms,
                          cached=True, status="ok", finish_reason=result.finish_reason)
             return result
@@ -417,11 +433,12 @@ class LLMClient:
 
     def _record(self, call: CallInfo, tokens_in: int | None, tokens_out: int | None,
                 latency_ms: float, *, cached: bool, status: str,
-                finish_reason: str | None = None) -> None:
+                finish_reason: str | None = None, price_factor: float = 1.0) -> None:
+        """One ``llm_calls`` row; ``price_factor`` scales the cost (0.5: a batch call)."""
         cost = None
         if not cached and (tokens_in is not None or tokens_out is not None):
-            cost = ((tokens_in or 0) * self.cost_per_mtok_in
-                    + (tokens_out or 0) * self.cost_per_mtok_out) / 1e6
+            cost = price_factor * ((tokens_in or 0) * self.cost_per_mtok_in
+                                   + (tokens_out or 0) * self.cost_per_mtok_out) / 1e6
         elif cached:
             cost = 0.0  # a cache hit costs nothing
         self.call_log.append({

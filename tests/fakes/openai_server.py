@@ -91,6 +91,8 @@ def _words(value: Any) -> int:
 class FakeOpenAI:
     """The server; a context manager that starts it on a free port and stops it cleanly."""
 
+    handler_class: type[BaseHTTPRequestHandler]  # set below the handler (_Handler)
+
     def __init__(self, responder: Responder | None = None, *, embedder: Embedder | None = None,
                  latency_s: float = 0.0, dim: int = 64):
         self.responder = responder or (lambda request: "OK")
@@ -107,7 +109,7 @@ class FakeOpenAI:
 
     def start(self) -> FakeOpenAI:
         self._stop.clear()
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server(("127.0.0.1", 0), self.handler_class)
         self._httpd.fake = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai",
                                         kwargs={"poll_interval": 0.05}, daemon=True)
@@ -316,6 +318,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (its timeout): nothing to do
         return status
+
+
+FakeOpenAI.handler_class = _Handler
 
 
 def _error(message: str, kind: str) -> dict[str, Any]:
