@@ -25,7 +25,8 @@ def test_an_echoed_key_is_in_no_table_log_or_artifact(prefect_api, s3_endpoint, 
         judge.inject(Fault.error(401, message="Incorrect API key provided: {api_key}"),
                      times=1000)
         out = nightly_refresh(lake=lake, source=src, batch_prompts=1,
-                              overrides={"samples_per_prompt": 2, "max_retries": 0})
+                              overrides={"samples_per_prompt": 2, "pair_min_answers": 2,
+                                         "max_retries": 0})
         assert judge.statuses[401] > 0
     assert sum(b["failed"] for b in out["score"]) == 2 * 4
     errors = catalog.query(Lake(lake), "SELECT DISTINCT error FROM judgments").fetchall()
