@@ -163,7 +163,8 @@ class OfflineJudge:
         on_topic = float(np.mean([_ramp(c, 0.1, 0.45) for c in per_sentence]))
         q_words = content_words(query)
         overlap = len(q_words & content_words(answer)) / max(len(q_words), 1)
-        substance = _clamp(len(content_words(answer)) / 40)
+        # informative: an answer of a few sentences says less than one of a full paragraph
+        substance = _clamp(len(content_words(answer)) / 100)
         score = 10 * (0.4 * _ramp(whole, 0.15, 0.6) + 0.3 * on_topic + 0.15 * overlap
                       + 0.15 * substance)
         return (f"Analysis: closeness of the answer to the question {whole:.2f}; "
@@ -265,10 +266,14 @@ class OfflineJudge:
             wanted = set(closeness)
         # inside a document picked out among others, a sentence needs less to count
         ease = 0.05 if len(closeness) > 1 else 0.0
+        # one document: a sentence must also be about the question itself, not only sit near
+        # sentences that are ("The committee approved the minutes" between two figures)
+        floor = -1.0 if len(closeness) > 1 else RELEVANT_ALONE
         relevant = [s for (k, s), own in zip(units, by_sentence, strict=True)
-                    if documents[k] in wanted and
+                    if documents[k] in wanted and own >= floor and
                     (0.5 * own + 0.5 * context[k] >= RELEVANT - ease
                      or context[k] >= RELEVANT_PART - ease)]
+        relevant = list(dict.fromkeys(relevant))  # a sentence repeated is one piece
         if not relevant:
             return "No relevant information"
         return "\n".join(f"{i}. {s}" for i, s in enumerate(relevant, start=1))
@@ -292,12 +297,15 @@ class OfflineJudge:
             near = [read[k] for k in np.argsort(-row)[:2]]
             a_values = [v for r in near for v in r[0]]
             a_words = set().union(*(r[1] | r[2] for r in near))
-            facts = [_has(a_values, v) for v in values(point)]
-            facts += [n in a_words for n in names(point)]
+            figures = [_has(a_values, v) for v in values(point)]
+            named = [n in a_words for n in names(point)]
             words = content_words(point)
-            stated = (sum(facts) / len(facts) if facts else
-                      len(words & a_words) / max(len(words), 1))
-            marks.append(0.5 * _ramp(float(row.max()), 0.4, 0.8) + 0.5 * stated)
+            # its figures are what a key point is most about; names say whose they are
+            parts = [(0.7, figures), (0.3, named)]
+            weight = sum(w for w, found in parts if found)
+            stated = (sum(w * sum(found) / len(found) for w, found in parts if found) / weight
+                      if weight else len(words & a_words) / max(len(words), 1))
+            marks.append(0.4 * _ramp(float(row.max()), 0.4, 0.8) + 0.6 * stated)
         score = 10 * sum(marks) / len(marks)
         verdict = lambda m: "covered" if m >= 0.75 else "partly" if m >= 0.4 else "missed"  # noqa: E731
         notes = [f"- key point {i + 1}: {verdict(m)} ({m:.2f})" for i, m in enumerate(marks)]
@@ -307,6 +315,7 @@ class OfflineJudge:
 RELEVANT = 0.33       # a sentence's and its paragraph's closeness to the question, averaged
 AGAINST = 0.3         # a disagreement this strong with the evidence lowers support a level
 RELEVANT_PART = 0.38  # a paragraph this close to the question is relevant as a whole
+RELEVANT_ALONE = 0.38  # in a single document, a sentence's own closeness to the question
 RELEVANT_DOCUMENT = 0.3  # a document whose best paragraphs are this close is about the question
 
 
@@ -329,7 +338,9 @@ def _against(read: list[list[Claim]], windows: np.ndarray, statement_vector: np.
         cue = disagreement(read[k], read[0], (parts[k], parts[0]),
                            (evidence_vector, statement_vector),
                            float(evidence_vector @ statement_vector))
-        if cue and cue[0] >= AGAINST:
+        # figures and trends only: a denial is too often a paraphrase ("unused" / "no
+        # longer used") to hold against a statement
+        if cue and cue[0] >= AGAINST and not cue[1].startswith(("one denies", "an absolute")):
             return cue[1]
     return None
 

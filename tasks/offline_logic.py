@@ -40,7 +40,7 @@ _STABLE = wordset(
     "unchanged stable steady flat stayed")
 _ABSOLUTE = wordset(
     "unanimous unanimously every entirely exactly consistently always fully completely "
-    "wholly invariably")
+    "wholly invariably all")
 _QUALIFIED = wordset(
     "only partly partially some less short majority minority although though except "
     "against votes")
@@ -121,7 +121,7 @@ def claims(sentence: str) -> list[Claim]:
 def _disagree(a: Claim, b: Claim, mine: list[Claim], theirs: list[Claim]) -> str | None:
     """Why claim ``b`` disagrees with claim ``a`` (None when it does not)."""
     if a.kind == b.kind == "figure" and a.detail == b.detail and a.value and b.value \
-            and a.frame == b.frame:
+            and (a.frame == b.frame or a.detail == "month"):
         same = [c for c in mine if c.kind == "figure" and c.detail == a.detail]
         other = [c for c in theirs if c.kind == "figure" and c.detail == b.detail]
         if any(_consistent(x, y) for x in same for y in other):
