@@ -78,6 +78,7 @@ class OfflineJudge:
         # per event loop: texts asked for and not yet embedded; whether a batch is running
         self._waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._draining: weakref.WeakSet = weakref.WeakSet()
+        self._tasks: set[asyncio.Task] = set()
         self._lock = threading.Lock()
 
     async def embed(self, texts: list[str]) -> np.ndarray:
@@ -94,7 +95,9 @@ class OfflineJudge:
                 futures.append(waiting[text])
         if futures and loop not in self._draining:
             self._draining.add(loop)
-            loop.create_task(self._drain(loop, waiting))
+            task = loop.create_task(self._drain(loop, waiting))
+            self._tasks.add(task)  # a task nobody references may be collected mid-run
+            task.add_done_callback(self._tasks.discard)
         if futures:
             await asyncio.gather(*futures)
         if lost := [t for t in dict.fromkeys(texts) if t not in self._vectors]:

@@ -34,6 +34,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 # a whole number as written (1,234 / 2016 / 3.5), not a piece of one; "2016," still counts
 _EDGES = (r"(?<!\w)(?<!\d[.,])", r"(?!\w)(?![.,]\d)")
 _NUMBER = re.compile(_EDGES[0] + r"(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)" + _EDGES[1])
+_YEAR = re.compile(r"(19|20)\d\d")
 _NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]{2,}\b")
 _FAKE_NAMES = ("Halvorsen", "Pemberton", "Okonkwo", "Lindqvist", "Marchetti", "Zarins",
                "Abernathy", "Quintero", "Brevik", "Tashkova")
@@ -172,11 +173,12 @@ def _compose(style: str, doc: _Doc, rng: random.Random) -> tuple[str, dict[str, 
 def _contradict(text: str, said: list[str], doc: _Doc,
                 rng: random.Random) -> tuple[str, dict[str, Any]]:
     """A good answer that then restates one of its facts with another figure (or denies it)."""
-    with_figures = [s for s in said if _NUMBER.search(s)]
+    with_figures = [s for s in said if any(not _YEAR.fullmatch(m.group(0))
+                                           for m in _NUMBER.finditer(s))]
     if not with_figures:
         return f"{text} {_opposite(rng.choice(said))}", {"contradicts": None}
     sentence = rng.choice(with_figures)
-    restated, meta = _corrupt(sentence, doc.context, rng)
+    restated, meta = _corrupt(sentence, doc.context, rng, keep_years=True)
     return (f"{text} {rng.choice(_RESTATE)}{_lower_first(restated, doc.names)}",
             {"contradicts": meta["corrupted"]})
 
@@ -189,9 +191,12 @@ def _opposite(sentence: str) -> str:
     return "However, the document also says that none of this happened."
 
 
-def _corrupt(text: str, context: str, rng: random.Random) -> tuple[str, dict[str, Any]]:
-    """Replace one number (else one capitalised name) by one the context does not contain."""
-    numbers = list(_NUMBER.finditer(text))
+def _corrupt(text: str, context: str, rng: random.Random,
+             keep_years: bool = False) -> tuple[str, dict[str, Any]]:
+    """Replace one number (else one capitalised name) by one the context does not contain;
+    ``keep_years``: change a figure, not a year (a restated fact must stay the same fact)."""
+    numbers = [m for m in _NUMBER.finditer(text)
+               if not (keep_years and _YEAR.fullmatch(m.group(0)))]
     if numbers:
         match = rng.choice(numbers)
         old = match.group(0)

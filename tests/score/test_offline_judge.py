@@ -62,6 +62,7 @@ def scored(embedder):
 FLOOR = {"tune": 0.9, "held_out": 0.7}
 
 
+@pytest.mark.timeout(1200)  # the whole set through the real scorers: minutes on 2 cores
 @pytest.mark.parametrize("split", SPLITS)
 def test_clean_answers_beat_planted_defects_on_their_dimension_and_reward(scored, split):
     rates = win_rates(scored[split])
