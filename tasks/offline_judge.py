@@ -1,60 +1,56 @@
 """The offline judge: a stand-in for an LLM judge, for the demo and CI. Not a language model.
 
-It answers the very prompts the real judge gets (it reads the delimited query / answer /
-evidence sections) and replies in the judge output protocol, from lexical and embedding
-evidence only. What each task approximates:
+It answers the very prompts the real judge gets and replies in the judge output protocol. It
+recognises the task by the system prompt's title line only and reads only the delimited
+sections of the user message (``<query>``, ``<answer>``, ``<evidence>``, ``<statement>``,
+``<chunk>``, ``<key_points>``), so the prompts' wording may change freely. Its evidence is
+sentence embeddings (all-MiniLM-L6-v2, cached per text) and the facts of
+:mod:`tasks.offline_text` (figures with what they count, months, names). What each task
+approximates:
 
-- helpfulness: cosine similarity of query and answer embeddings (all-MiniLM-L6-v2), the share
-  of the query's content words the answer uses, and how much content it has;
-- logicality: counts sentences that negate an earlier sentence about the same thing
-  ("did not", "never", "no change", ...; sharing two content words, or one after "However")
-  and verbatim repetitions; 10 minus 3.5 per error;
-- statements: sentence split; sentences with fewer than four words, ending in ':' or opening
-  with a stock phrase ("Here are", "In summary", "I hope") are functional and dropped;
-- support: share of the statement's content words found in the evidence; a number or a
-  capitalised name absent from the evidence caps the grade at partial (none if little else
-  matches);
-- extraction: the chunk's sentences that share enough content words with the query;
-- coverage: the share of key points whose content words (numbers and names included) appear
-  in the answer.
+- helpfulness: how close the answer and each of its sentences are to the question (embeddings,
+  figures masked: accuracy is not helpfulness), the share of the question's words it uses, and
+  how much it says;
+- logicality: pairs of sentences about the same thing (embedding or word overlap) that
+  disagree: different figures of one kind, one negated and one not, opposite trends, or an
+  absolute claim against a qualified one (:mod:`tasks.offline_logic`);
+- statements: the answer's sentences minus functional ones ("Here are ...", "I hope ...");
+- support: each figure and name of the statement must appear in an evidence sentence about the
+  same thing (or follow from two of its figures: a difference, a percentage change), and most
+  of its words (or its meaning, by embedding) must be in the evidence;
+- extraction: the chunk's sentences close to the question, judged with their paragraph;
+- coverage: per key point, how close the answer's nearest sentence is and how many of the key
+  point's figures and names the answer states.
 
-It reads no meaning: paraphrase, reasoning and subtle errors are beyond it. Rows it produces
-carry ``judge_model = "offline-judge"``.
+It reads no meaning: reasoning, paraphrased numbers and subtle errors are beyond it. Rows it
+produces carry ``judge_model = "offline-judge"``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 import time
+import weakref
 
 import numpy as np
 
 from tasks.embeddings import Embedder, LocalEmbedder
 from tasks.llm.client import ChatResult
+from tasks.offline_logic import Claim, claims, contradictions, disagreement
+from tasks.offline_text import Value, content_words, names, sentences, values
 from tasks.score.judge import step_of
 
 MODEL = "offline-judge"
-STOPWORDS = frozenset((  # noqa: SIM905 - a word list reads best as prose
-    "a an the and or but of to in on at by for with from as is are was were be been being it "
-    "its this that these those there their they them he she his her we our you your i what "
-    "which who whom how why when where does did do done has have had not no yes so than then "
-    "also about into over under up down out any all some each most more many much very can "
-    "could would should may might will just only own same such too report document says say "
-    "according give gives given"
-).split())
-_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d[\d,.]*\d|\d")
-_NUMBER = re.compile(r"\d[\d,.]*\d|\d")
-_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
-_NEGATION = re.compile(r"\b(did not|does not|was not|were not|never|no change|not at all|"
-                       r"did not change|nothing|contrary|opposite|false)\b", re.I)
-_CONTRAST = re.compile(r"^(however|but|yet|in fact|actually)\b", re.I)
 _POINT = re.compile(r"^\d+\.\s+(.*)$", re.M)
 _ABSENCE = re.compile(r"\b(does not|doesn't|do not|did not) (say|state|mention|contain|give|"
                       r"include)|\bno (information|mention|details?)\b|\bnot (mentioned|stated|"
                       r"given)\b", re.I)
 _FUNCTIONAL = re.compile(r"^(here (is|are)|in summary|to summari[sz]e|overall,? here|i hope|"
-                         r"let me|the following|below (is|are))\b", re.I)
+                         r"let me|the following|below (is|are)|hope this)\b", re.I)
+_SEGMENT_HEADER = re.compile(r"^\[segment \d+\]$", re.M)
+_CACHE_SIZE = 50_000
 
 
 def _section(text: str, tag: str) -> str | None:
@@ -62,33 +58,17 @@ def _section(text: str, tag: str) -> str | None:
     return match.group(1).replace(f"<\\/{tag}>", f"</{tag}>") if match else None
 
 
-def _stem(word: str) -> str:
-    """A crude suffix strip so 'changes', 'changed' and 'change' meet."""
-    for suffix in ("ing", "ed", "es", "e", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[: -len(suffix)]
-    return word
-
-
-def content_words(text: str) -> set[str]:
-    words = {w.lower().strip(".,") for w in _WORD.findall(text)} - STOPWORDS
-    return {_stem(w) for w in words}
-
-
-def numbers(text: str) -> set[str]:
-    return {n.rstrip(".,") for n in _NUMBER.findall(text)}
-
-
-def names(text: str) -> set[str]:
-    return set(_NAME.findall(text)) - {"In", "The", "However", "According", "Section"}
-
-
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE.split(" ".join(text.split())) if s.strip()]
-
-
 def _clamp(x: float) -> float:
     return max(0.0, min(1.0, x))
+
+
+def _ramp(x: float, low: float, high: float) -> float:
+    """0 at ``low``, 1 at ``high``, linear between."""
+    return _clamp((x - low) / (high - low))
+
+
+def _has(found: list[Value], value: Value) -> bool:
+    return any(value.matches(v.number) or value.matches(v.raw) for v in found)
 
 
 class OfflineJudge:
@@ -99,6 +79,63 @@ class OfflineJudge:
     def __init__(self, embedder: Embedder | None = None):
         self.embedder = embedder or LocalEmbedder()
         self.calls = 0
+        self._vectors: dict[str, np.ndarray] = {}
+        # per event loop: texts asked for and not yet embedded; whether a batch is running
+        self._waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._draining: weakref.WeakSet = weakref.WeakSet()
+        self._tasks: set[asyncio.Task] = set()
+        self._lock = threading.Lock()
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors for ``texts``. Each distinct text is embedded once per judge, and the
+        texts that concurrent calls of one event loop ask for are embedded together, one batch
+        at a time (parallel encoder calls only fight over the same cores)."""
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting.setdefault(loop, {})
+        futures = []
+        for text in dict.fromkeys(texts):
+            if text not in self._vectors:
+                if text not in waiting:
+                    waiting[text] = loop.create_future()
+                futures.append(waiting[text])
+        if futures and loop not in self._draining:
+            self._draining.add(loop)
+            task = loop.create_task(self._drain(loop, waiting))
+            self._tasks.add(task)  # a task nobody references may be collected mid-run
+            task.add_done_callback(self._tasks.discard)
+        if futures:
+            await asyncio.gather(*futures)
+        if lost := [t for t in dict.fromkeys(texts) if t not in self._vectors]:
+            self._remember(lost, await self.embedder.embed(lost))  # the cache was cleared
+        return (np.stack([self._vectors[t] for t in texts]) if texts
+                else np.zeros((0, 384), dtype=np.float32))
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop,
+                     waiting: dict[str, asyncio.Future]) -> None:
+        try:
+            await asyncio.sleep(0)  # let the calls started in the same tick add their texts
+            while waiting:
+                batch = dict(waiting)
+                waiting.clear()
+                try:
+                    vectors = await self.embedder.embed(list(batch))
+                except Exception as exc:  # every caller of this batch gets the error
+                    for future in batch.values():
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self._remember(list(batch), vectors)
+                for future in batch.values():
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._draining.discard(loop)
+
+    def _remember(self, texts: list[str], vectors: np.ndarray) -> None:
+        with self._lock:
+            if len(self._vectors) + len(texts) > _CACHE_SIZE:
+                self._vectors.clear()
+            self._vectors.update(zip(texts, vectors, strict=True))
 
     async def chat(self, messages: list[dict], *, temperature: float = 0.0, top_p: float = 1.0,
                    max_tokens: int = 1024, attempt: int = 0, **_: object) -> ChatResult:
@@ -121,80 +158,211 @@ class OfflineJudge:
         return ChatResult(text, "stop", None, None, (time.perf_counter() - started) * 1000,
                           False, "")
 
+    # -- query + answer -------------------------------------------------------------------
+
     async def _helpfulness(self, user: str) -> str:
         query, answer = _section(user, "query") or "", _section(user, "answer") or ""
-        vectors = await self.embedder.embed([query, answer])
-        similarity = float(np.dot(vectors[0], vectors[1]))
+        said = sentences(answer)
+        if not said or not content_words(answer):
+            return "Analysis: the answer says nothing.\n[[0]]"
+        mask = lambda text: re.sub(r"\d", "0", text)  # noqa: E731 - figures are not relevance
+        vectors = await self.embed([mask(query), mask(answer), *map(mask, said)])
+        whole = float(vectors[1] @ vectors[0])
+        per_sentence = vectors[2:] @ vectors[0]
+        on_topic = float(np.mean([_ramp(c, 0.1, 0.45) for c in per_sentence]))
         q_words = content_words(query)
         overlap = len(q_words & content_words(answer)) / max(len(q_words), 1)
-        substance = _clamp(len(content_words(answer)) / 40)
-        score = 10 * _clamp(0.45 * _clamp((similarity - 0.1) / 0.6) + 0.35 * overlap
-                            + 0.2 * substance)
-        return (f"Analysis: semantic similarity to the question {similarity:.2f}; the answer "
-                f"uses {overlap:.0%} of the question's key words; substance {substance:.2f}.\n"
-                f"[[{score:.1f}]]")
+        # informative: an answer of a few sentences says less than one of a full paragraph
+        substance = _clamp(len(content_words(answer)) / 100)
+        score = 10 * (0.4 * _ramp(whole, 0.15, 0.6) + 0.3 * on_topic + 0.15 * overlap
+                      + 0.15 * substance)
+        return (f"Analysis: closeness of the answer to the question {whole:.2f}; "
+                f"{on_topic:.0%} on-topic sentences; it uses {overlap:.0%} of the question's key "
+                f"words; substance {substance:.2f}.\n[[{score:.1f}]]")
 
     async def _logicality(self, user: str) -> str:
         said = sentences(_section(user, "answer") or "")
-        errors = []
-        for i, sentence in enumerate(said):
-            words = content_words(sentence)
-            for j in range(i):
-                if sentence == said[j]:
-                    errors.append(f"- Sentence {i + 1} repeats sentence {j + 1} verbatim.")
-                    break
-                shared = len(words & content_words(said[j]))
-                contrast = _CONTRAST.match(sentence) is not None
-                if _NEGATION.search(sentence) and (shared >= 2 or (contrast and shared >= 1)):
-                    errors.append(f"- Sentence {i + 1} negates what sentence {j + 1} states.")
-                    break
-        score = max(0.0, 10 - 3.5 * len(errors))
-        return "\n".join(errors or ["No logical errors."]) + f"\n[[{score:.1f}]]"
+        read = [claims(s) for s in said]
+        vectors = await self.embed(said + [c.window for r in read for c in r])
+        starts = np.cumsum([len(said)] + [len(r) for r in read])
+        windows = [vectors[starts[k]:starts[k + 1]] for k in range(len(said))]
+        sentence_vectors = vectors[:len(said)]
+        found = contradictions(said, read, sentence_vectors @ sentence_vectors.T, windows,
+                               sentence_vectors)
+        # a faint suspicion costs less than in proportion: alike phrasing is common
+        penalty = sum(weight * min(1.0, weight / 0.4) for _, _, weight, _ in found)
+        score = max(0.0, 10 - 3 * penalty)
+        lines = [f"- Sentence {j + 1} may contradict sentence {i + 1}: {why} "
+                 f"(confidence {weight:.2f})." for i, j, weight, why in found]
+        return "\n".join(lines or ["No logical errors."]) + f"\n[[{score:.1f}]]"
+
+    # -- faithfulness ---------------------------------------------------------------------
 
     async def _statements(self, user: str) -> str:
         kept = [s for s in sentences(_section(user, "answer") or "")
-                if len(s.split()) >= 4 and not s.endswith(":") and not _FUNCTIONAL.match(s)]
+                if len(s.split()) >= 4 and not s.endswith((":", "?")) and not _FUNCTIONAL.match(s)
+                and content_words(s)]
         if not kept:
             return "No factual statements."
         return "\n".join(f"<statement>{s}</statement>" for s in kept)
 
     async def _support(self, user: str) -> str:
-        evidence = _section(user, "evidence") or ""
         statement = _section(user, "statement") or ""
-        words = content_words(statement)
-        found = len(words & content_words(evidence)) / max(len(words), 1)
-        missing = (numbers(statement) - numbers(evidence)) | (names(statement) - names(evidence))
-        if missing:
-            verdict = "Partially supported" if found >= 0.6 else "No support"
-            why = f"{', '.join(sorted(missing))} does not appear in the evidence"
-        else:
-            verdict = ("Fully supported" if found >= 0.8 else
-                       "Partially supported" if found >= 0.5 else "No support")
-            why = f"{found:.0%} of the statement's key words appear in the evidence"
-        return f"{why}.\n[[{verdict}]]"
+        evidence = _SEGMENT_HEADER.sub("", _section(user, "evidence") or "")
+        said = content_words(statement)
+        passages = [(s, content_words(s)) for s in sentences(evidence)]
+        if not passages or not said:
+            return "The evidence does not state this.\n[[No support]]"
+        need = min(2, len(said))
+        anchors = [s for s, words in passages if len(words & said) >= need]
+        figures = values(statement)
+        anchored = [v for v in figures if any(_has(values(s), v) for s in anchors)]
+        derived = [v for v in figures if v not in anchored and _derived(v, anchored)]
+        missing = [v.text for v in figures if v not in anchored and v not in derived]
+        anchor_names = set().union(*(names(s) | {w.lower() for w in re.findall(r"\w+", s)}
+                                     for s in anchors)) if anchors else set()
+        missing += sorted(n for n in names(statement) if n not in anchor_names)
+        in_evidence = set().union(*(words for _, words in passages))
+        share = len(said & in_evidence) / len(said)
+        near = sorted(anchors, key=lambda s: -len(content_words(s) & said))[:3]
+        read = [claims(statement), *(claims(s) for s in near)]
+        vectors = await self.embed([statement, *(s for s, _ in passages),
+                                    *(c.window for r in read for c in r)])
+        closeness = float(np.max(vectors[1:1 + len(passages)] @ vectors[0]))
+        position = {s: k for k, (s, _) in enumerate(passages, start=1)}
+        against = _against(read, vectors[1 + len(passages):], vectors[0],
+                           [vectors[position[s]] for s in near])
+        agrees = share >= 0.5 or closeness >= 0.65
+        level = (2 if not missing and agrees else
+                 1 if not missing or (len(missing) == 1 and agrees) else 0)
+        if against:
+            level = max(0, level - 1)
+        verdict = ("No support", "Partially supported", "Fully supported")[level]
+        why = (f"not found in the evidence about the same thing: {', '.join(missing)}"
+               if missing else "its figures and names appear in the evidence")
+        if against:
+            why += f"; the evidence seems to say otherwise ({against})"
+        return (f"{why}; {share:.0%} of its words are in the evidence, closest passage "
+                f"{closeness:.2f}.\n[[{verdict}]]")
+
+    # -- completeness ---------------------------------------------------------------------
 
     async def _extraction(self, user: str) -> str:
-        q_words = content_words(_section(user, "query") or "")
-        need = max(2, -(-len(q_words) // 3))
-        relevant = [s for s in sentences(_section(user, "chunk") or "")
-                    if len(content_words(s) & q_words) >= need]
+        query, chunk = _section(user, "query") or "", _section(user, "chunk") or ""
+        paragraphs = [p for p in re.split(r"\n\s*\n", chunk) if p.strip()]
+        # a heading (no closing punctuation) is not information
+        units = [(k, s) for k, p in enumerate(paragraphs) for s in sentences(p)
+                 if len(s.split()) >= 5 and s.rstrip("\"')").endswith((".", "!", "?", ";"))]
+        if not units:
+            return "No relevant information"
+        vectors = await self.embed([query, *paragraphs, *(s for _, s in units)])
+        to_query = vectors[1:] @ vectors[0]
+        by_paragraph, by_sentence = to_query[:len(paragraphs)], to_query[len(paragraphs):]
+        # a report is a run of paragraphs: a paragraph is read with its neighbours, so one
+        # between two relevant ones belongs to the report ("Second, ...") and a lone one
+        # among unrelated ones counts less
+        padded = np.concatenate([by_paragraph[:1], by_paragraph, by_paragraph[-1:]])
+        smoothed = 0.25 * padded[:-2] + 0.5 * by_paragraph + 0.25 * padded[2:]
+        context = np.maximum(smoothed, np.minimum(padded[:-2], padded[2:]))
+        # several documents under headings: only those about the question count, judged by
+        # their best paragraphs, so a stray paragraph of another report does not
+        documents = _documents(paragraphs)
+        closeness = {d: float(np.mean(sorted(by_paragraph[documents == d])[-3:]))
+                     for d in set(documents.tolist())}
+        best = max(closeness.values())
+        wanted = {d for d, c in closeness.items() if c >= max(RELEVANT_DOCUMENT, best - 0.08)}
+        if len(closeness) == 1:  # one document: its sentences speak for themselves
+            wanted = set(closeness)
+        # inside a document picked out among others, a sentence needs less to count
+        ease = 0.05 if len(closeness) > 1 else 0.0
+        # one document: a sentence must also be about the question itself, not only sit near
+        # sentences that are ("The committee approved the minutes" between two figures)
+        floor = -1.0 if len(closeness) > 1 else RELEVANT_ALONE
+        relevant = [s for (k, s), own in zip(units, by_sentence, strict=True)
+                    if documents[k] in wanted and own >= floor and
+                    (0.5 * own + 0.5 * context[k] >= RELEVANT - ease
+                     or context[k] >= RELEVANT_PART - ease)]
+        relevant = list(dict.fromkeys(relevant))  # a sentence repeated is one piece
         if not relevant:
             return "No relevant information"
         return "\n".join(f"{i}. {s}" for i, s in enumerate(relevant, start=1))
 
     async def _coverage(self, user: str) -> str:
-        points = [m.group(1) for m in _POINT.finditer(_section(user, "key_points") or "")]
+        points = [m.group(1).strip() for m in _POINT.finditer(_section(user, "key_points") or "")
+                  if m.group(1).strip()]
         answer = _section(user, "answer") or ""
+        said = sentences(answer)
         if not points:  # the document holds nothing relevant: does the answer say so?
             score = 9.0 if _ABSENCE.search(answer) else 3.0
             return f"No part holds relevant information.\n[[{score:.1f}]]"
-        a_words = content_words(answer) | {n.lower() for n in numbers(answer)}
+        if not said:
+            return "The answer is empty.\n[[0]]"
+        vectors = await self.embed([*points, *said])
+        closeness = vectors[:len(points)] @ vectors[len(points):].T
+        read = [(values(s), names(s), content_words(s)) for s in said]
         marks = []
-        for point in points:
+        for point, row in zip(points, closeness, strict=True):
+            # the point's facts must be stated where the answer speaks of it: its two nearest
+            # sentences, not anywhere
+            near = [read[k] for k in np.argsort(-row)[:2]]
+            a_values = [v for r in near for v in r[0]]
+            a_words = set().union(*(r[1] | r[2] for r in near))
+            figures = [_has(a_values, v) for v in values(point)]
+            named = [n in a_words for n in names(point)]
             words = content_words(point)
-            share = len(words & a_words) / max(len(words), 1)
-            marks.append(1.0 if share >= 0.6 else 0.5 if share >= 0.3 else 0.0)
-        score = 10 * sum(marks) / max(len(marks), 1)
-        notes = [f"- key point {i + 1}: {'covered' if m == 1 else 'partly' if m else 'missed'}"
-                 for i, m in enumerate(marks)]
+            # its figures are what a key point is most about; names say whose they are
+            parts = [(0.7, figures), (0.3, named)]
+            weight = sum(w for w, found in parts if found)
+            stated = (sum(w * sum(found) / len(found) for w, found in parts if found) / weight
+                      if weight else len(words & a_words) / max(len(words), 1))
+            marks.append(0.4 * _ramp(float(row.max()), 0.4, 0.8) + 0.6 * stated)
+        score = 10 * sum(marks) / len(marks)
+        verdict = lambda m: "covered" if m >= 0.75 else "partly" if m >= 0.4 else "missed"  # noqa: E731
+        notes = [f"- key point {i + 1}: {verdict(m)} ({m:.2f})" for i, m in enumerate(marks)]
         return "\n".join(notes) + f"\n[[{score:.1f}]]"
+
+
+RELEVANT = 0.33       # a sentence's and its paragraph's closeness to the question, averaged
+AGAINST = 0.3         # a disagreement this strong with the evidence lowers support a level
+RELEVANT_PART = 0.38  # a paragraph this close to the question is relevant as a whole
+RELEVANT_ALONE = 0.38  # in a single document, a sentence's own closeness to the question
+RELEVANT_DOCUMENT = 0.3  # a document whose best paragraphs are this close is about the question
+
+
+def _documents(paragraphs: list[str]) -> np.ndarray:
+    """A document number per paragraph: a heading (one short line without closing
+    punctuation) opens a new document."""
+    heading = [len(p.split()) <= 16 and "\n" not in p.strip()
+               and not p.rstrip().rstrip("\"')").endswith((".", "!", "?", ";", ":"))
+               for p in paragraphs]
+    return np.cumsum([h and k > 0 for k, h in enumerate(heading)])
+
+
+def _against(read: list[list[Claim]], windows: np.ndarray, statement_vector: np.ndarray,
+             near_vectors: list[np.ndarray]) -> str | None:
+    """Why one of the nearest evidence sentences (``read[1:]``) contradicts the statement
+    (``read[0]``): a figure, trend or negation of the same thing that differs; or None."""
+    starts = np.cumsum([0] + [len(r) for r in read])
+    parts = [windows[starts[k]:starts[k + 1]] for k in range(len(read))]
+    for k, evidence_vector in enumerate(near_vectors, start=1):
+        cue = disagreement(read[k], read[0], (parts[k], parts[0]),
+                           (evidence_vector, statement_vector),
+                           float(evidence_vector @ statement_vector))
+        # figures and trends only: a denial is too often a paraphrase ("unused" / "no
+        # longer used") to hold against a statement
+        if cue and cue[0] >= AGAINST and not cue[1].startswith(("one denies", "an absolute")):
+            return cue[1]
+    return None
+
+
+def _derived(value: Value, anchored: list[Value]) -> bool:
+    """A figure that two anchored figures of the statement give: their difference or the
+    percentage change between them ("from 61 to 44 million, a cut of 28 per cent")."""
+    for a in anchored:
+        for b in anchored:
+            if a is b or not b.number:
+                continue
+            if value.matches(abs(a.number - b.number)) or \
+                    value.matches(round(100 * abs(a.number - b.number) / b.number)):
+                return True
+    return False

@@ -107,6 +107,23 @@ def test_report_prints_the_demo_run_and_saves_plots(demo_lake):
     assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
 
 
+def test_demo_pairs_a_good_answer_with_a_planted_defect(demo_lake):
+    """The offline policy plants one defect per answer style; the offline judge ranks a correct
+    answer first and a defective one last, as a person would."""
+    out = cli("sql", "SELECT json_extract_string(c.params, '$.meta.style') AS chosen, "
+              "json_extract_string(r.params, '$.meta.style') AS rejected FROM pairs_latest p "
+              "JOIN responses c ON c.response_id = p.chosen_response_id "
+              "JOIN responses r ON r.response_id = p.rejected_response_id", "--lake", demo_lake,
+              "-f", "json")
+    pairs = json.loads(out.stdout)
+    assert len(pairs) == 6
+    # chosen: a correct answer, complete ("good") in most pairs; a partial one can win where
+    # 128-token segments split the demo's facts and a complete answer loses faithfulness
+    assert all(p["chosen"] in ("good", "partial") for p in pairs), pairs
+    assert sum(p["chosen"] == "good" for p in pairs) >= 3, pairs
+    assert all(p["rejected"] != "good" for p in pairs), pairs
+
+
 def test_demo_trained_a_model_linked_to_its_dataset(demo_lake):
     out = cli("sql", "SELECT model_version, dataset_version, checkpoint_uri FROM models",
               "--lake", demo_lake, "-f", "json")

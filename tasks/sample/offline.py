@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.sample.policies import OFFLINE_MODEL, Sample, SamplingParams, _wanted, derive_seed
+from tasks.sample.base import OFFLINE_MODEL, Policy, Sample, SamplingParams, derive_seed, wanted
 
 # -- the offline stand-in ----------------------------------------------------------------------
 
@@ -34,6 +34,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 # a whole number as written (1,234 / 2016 / 3.5), not a piece of one; "2016," still counts
 _EDGES = (r"(?<!\w)(?<!\d[.,])", r"(?!\w)(?![.,]\d)")
 _NUMBER = re.compile(_EDGES[0] + r"(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)" + _EDGES[1])
+_YEAR = re.compile(r"(19|20)\d\d")
 _NAME = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]{2,}\b")
 _FAKE_NAMES = ("Halvorsen", "Pemberton", "Okonkwo", "Lindqvist", "Marchetti", "Zarins",
                "Abernathy", "Quintero", "Brevik", "Tashkova")
@@ -41,6 +42,7 @@ _INTROS = ("According to the document, ", "The document states that ", "Based on
            "The report indicates that ")
 _CONNECTORS = ("In addition, ", "It also notes that ", "Furthermore, ", "Moreover, ",
                "The text adds that ")
+_RESTATE = ("In other words, ", "To repeat the key figure, ", "That is, ")
 _MIN_WORDS = 4
 
 
@@ -72,7 +74,7 @@ def _appears(token: str, text: str) -> bool:
     return re.search(_EDGES[0] + re.escape(token) + _EDGES[1], text) is not None
 
 
-class OfflinePolicy:
+class OfflinePolicy(Policy):
     """The demo and CI policy: extractive answers of deliberately varied quality, no model.
 
     It approximates what a sampled policy gives a judge to tell apart, nothing more: it splits
@@ -80,14 +82,19 @@ class OfflinePolicy:
     stopwords ignored), and per sample draws a style, seeded by (seed, params.seed, prompt_id,
     sample_index):
 
-    - ``good``: the 3-5 top-ranked relevant sentences (overlap at least 60% of the best; fewer
-      if the context has fewer), in document order, behind a short intro ("According to the
-      document, ...") and connectives;
-    - ``partial``: only 1-2 of the top relevant sentences;
+    - ``good``: the top-ranked relevant sentences, up to 5 (overlap at least 60% of the best),
+      in document order, behind a short intro ("According to the document, ...") and
+      connectives;
+    - ``partial``: only 1-2 of them (key points dropped: completeness);
     - ``hallucinated``: a good answer with one fact corrupted: a number, else a capitalised
-      name, replaced by one that does not occur in the context (recorded in ``meta``);
-    - ``off_topic``: sentences with the lowest overlap (filler);
-    - ``contradictory``: a relevant sentence followed by one asserting the opposite.
+      name, replaced by one that does not occur in the context (faithfulness);
+    - ``off_topic``: sentences with the lowest overlap, filler about something else
+      (helpfulness);
+    - ``contradictory``: a good answer that then restates one of its sentences with another
+      figure, "In other words, ..." (logicality), or denies it when it has no figure.
+
+    Each defect aims at one dimension, so a good answer should beat it there and on the reward;
+    what was planted is recorded in ``meta``.
 
     It is not a language model: it writes no new content beyond these templates, ignores
     temperature and top_p, reports no token counts, and reads the query as the last paragraph
@@ -108,7 +115,7 @@ class OfflinePolicy:
         scores = [len(content_words(s) & query_words) for s in sentences]
         doc = _Doc(context, sentences, scores, {m.group(0) for m in _NAME.finditer(context)})
         out = []
-        for i in _wanted(k, indices):
+        for i in wanted(k, indices):
             rng = random.Random(derive_seed(self.seed, params.seed, prompt_id, i))
             style = rng.choices(STYLES, weights=STYLE_WEIGHTS)[0]
             text, meta = _compose(style, doc, rng)
@@ -143,26 +150,37 @@ def _compose(style: str, doc: _Doc, rng: random.Random) -> tuple[str, dict[str, 
     # relevant: close to the best overlap (a title naming the organisation is not an answer)
     relevant = [j for j in by_rank if scores[j] > 0 and scores[j] >= 0.6 * best] or by_rank
     meta: dict[str, Any] = {}
-    if style in ("good", "hallucinated"):
-        picked = sorted(relevant[:rng.randint(3, 5)])
+    if style in ("good", "hallucinated", "contradictory"):
+        picked = sorted(relevant[:5])
     elif style == "partial":
         pool = relevant[:5]
         picked = sorted(rng.sample(pool, min(len(pool), rng.randint(1, 2))))
-    elif style == "off_topic":
+    else:  # off_topic
         lowest = sorted(range(len(sentences)), key=lambda j: (scores[j], j))
         pool = lowest[:6]
         picked = sorted(rng.sample(pool, min(len(pool), rng.randint(2, 4))))
-    else:  # contradictory
-        first = sentences[rng.choice(relevant[:3])]
-        text = f"{rng.choice(_INTROS)}{_lower_first(first, doc.names)} {_opposite(first)}"
-        return text, meta
     parts = [rng.choice(_INTROS) + _lower_first(sentences[picked[0]], doc.names)]
     parts += [rng.choice(_CONNECTORS) + _lower_first(sentences[j], doc.names)
               for j in picked[1:]]
     text = " ".join(parts)
     if style == "hallucinated":
         text, meta = _corrupt(text, doc.context, rng)
+    elif style == "contradictory":
+        text, meta = _contradict(text, [sentences[j] for j in picked], doc, rng)
     return text, meta
+
+
+def _contradict(text: str, said: list[str], doc: _Doc,
+                rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """A good answer that then restates one of its facts with another figure (or denies it)."""
+    with_figures = [s for s in said if any(not _YEAR.fullmatch(m.group(0))
+                                           for m in _NUMBER.finditer(s))]
+    if not with_figures:
+        return f"{text} {_opposite(rng.choice(said))}", {"contradicts": None}
+    sentence = rng.choice(with_figures)
+    restated, meta = _corrupt(sentence, doc.context, rng, keep_years=True)
+    return (f"{text} {rng.choice(_RESTATE)}{_lower_first(restated, doc.names)}",
+            {"contradicts": meta["corrupted"]})
 
 
 def _opposite(sentence: str) -> str:
@@ -173,9 +191,12 @@ def _opposite(sentence: str) -> str:
     return "However, the document also says that none of this happened."
 
 
-def _corrupt(text: str, context: str, rng: random.Random) -> tuple[str, dict[str, Any]]:
-    """Replace one number (else one capitalised name) by one the context does not contain."""
-    numbers = list(_NUMBER.finditer(text))
+def _corrupt(text: str, context: str, rng: random.Random,
+             keep_years: bool = False) -> tuple[str, dict[str, Any]]:
+    """Replace one number (else one capitalised name) by one the context does not contain;
+    ``keep_years``: change a figure, not a year (a restated fact must stay the same fact)."""
+    numbers = [m for m in _NUMBER.finditer(text)
+               if not (keep_years and _YEAR.fullmatch(m.group(0)))]
     if numbers:
         match = rng.choice(numbers)
         old = match.group(0)
@@ -203,5 +224,3 @@ def _corrupt(text: str, context: str, rng: random.Random) -> tuple[str, dict[str
     claim = f" It also reports that the project was abandoned in {year}."
     return text + claim, {"corrupted": {"from": None, "to": year}}
 
-
-# -- from settings -----------------------------------------------------------------------------

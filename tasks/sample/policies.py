@@ -17,95 +17,30 @@ backend allows it and K samples of one prompt are K different requests.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from tasks.llm.client import LLMClient
+from tasks.sample.base import (  # noqa: F401 - re-exported: the names callers import from here
+    OFFLINE_MODEL,
+    Policy,
+    Sample,
+    SamplingParams,
+    derive_seed,
+    keep,
+    wanted,
+)
+from tasks.sample.offline import OfflinePolicy
 
 log = logging.getLogger(__name__)
-
-OFFLINE_MODEL = "offline-policy"
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How answers are sampled. ``as_json()`` is canonical: it is part of every response id."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
-
-    @classmethod
-    def from_settings(cls, settings: Any, seed: int = 0) -> SamplingParams:
-        return cls(float(settings.temperature), float(settings.top_p),
-                   int(settings.max_new_tokens), seed)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"temperature": float(self.temperature), "top_p": float(self.top_p),
-                "max_new_tokens": int(self.max_new_tokens), "seed": int(self.seed)}
-
-    def as_json(self) -> str:
-        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One sampled answer. ``tokens``: answer tokens when the backend reports them, else None.
-    ``meta``: backend notes worth recording with the row (the offline policy's style)."""
-
-    sample_index: int
-    text: str
-    tokens: int | None = None
-    finish_reason: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Policy(Protocol):
-    """Samples answers. ``indices`` (optional) asks for only those of the K sample indices: a
-    backend that samples one by one skips the others, a batch backend may drop them."""
-
-    model: str
-
-    async def generate(self, prompt_id: str, messages: list[dict], k: int,
-                       params: SamplingParams, *,
-                       indices: Collection[int] | None = None) -> list[Sample]: ...
-
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from any JSON-able parts (never Python's salted ``hash``)."""
-    blob = json.dumps(list(parts), separators=(",", ":")).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF
-
-
-def _wanted(k: int, indices: Collection[int] | None) -> list[int]:
-    return list(range(k)) if indices is None else sorted(i for i in set(indices) if 0 <= i < k)
-
-
-def _keep(samples: list[Sample], k: int, indices: Collection[int] | None) -> list[Sample]:
-    wanted = set(_wanted(k, indices))
-    return [s for s in samples if s.sample_index in wanted]
-
 
 # -- an OpenAI-compatible endpoint -------------------------------------------------------------
 
 
-class EndpointPolicy:
+class EndpointPolicy(Policy):
     """K separate chat calls, concurrently; call i carries ``sample_index=i`` and its own seed,
     so the K samples are K distinct cache keys (and a rerun replays them from the cache)."""
 
@@ -116,14 +51,14 @@ class EndpointPolicy:
     async def generate(self, prompt_id: str, messages: list[dict], k: int,
                        params: SamplingParams, *,
                        indices: Collection[int] | None = None) -> list[Sample]:
-        wanted = _wanted(k, indices)
+        chosen = wanted(k, indices)
         results = await asyncio.gather(*(
             self.client.chat(messages, temperature=params.temperature, top_p=params.top_p,
                              max_tokens=params.max_new_tokens,
                              seed=derive_seed(params.seed, prompt_id, i), sample_index=i)
-            for i in wanted))
+            for i in chosen))
         return [Sample(i, r.text, r.tokens_out, r.finish_reason)
-                for i, r in zip(wanted, results, strict=True)]
+                for i, r in zip(chosen, results, strict=True)]
 
     def drain_call_log(self) -> list[dict[str, Any]]:
         """The ``llm_calls`` rows of the calls made so far (handed over once)."""
@@ -136,7 +71,7 @@ class EndpointPolicy:
 # -- a local Hugging Face model ----------------------------------------------------------------
 
 
-class TransformersPolicy:
+class TransformersPolicy(Policy):
     """A local causal LM. The prompt goes through the tokenizer's chat template when it has one,
     else the message texts are joined as plain text. K answers come from one ``generate`` call
     (``num_return_sequences=k``) under a seed from (params.seed, prompt_id), so the same k and
@@ -167,7 +102,7 @@ class TransformersPolicy:
                        indices: Collection[int] | None = None) -> list[Sample]:
         samples = await asyncio.to_thread(self._generate, messages, k, params,
                                           derive_seed(params.seed, prompt_id))
-        return _keep(samples, k, indices)
+        return keep(samples, k, indices)
 
     def _encode(self, messages: list[dict]) -> tuple[Any, Any]:
         tok = self.tokenizer
@@ -220,7 +155,7 @@ class TransformersPolicy:
 # -- vLLM's offline engine ---------------------------------------------------------------------
 
 
-class VLLMPolicy:
+class VLLMPolicy(Policy):
     """vLLM's engine (``vllm.LLM``), in this process, on a GPU.
 
     ``generate`` calls from concurrent prompts are gathered into one ``LLM.chat`` call (a list
@@ -258,7 +193,7 @@ class VLLMPolicy:
         output = await future
         samples = [Sample(int(c.index), c.text, len(c.token_ids), c.finish_reason)
                    for c in output.outputs]
-        return _keep(samples, k, indices)
+        return keep(samples, k, indices)
 
     async def _drain(self) -> None:
         await asyncio.sleep(0)  # let prompts started in the same tick join the first batch
@@ -293,8 +228,6 @@ def policy_from_settings(settings: Any, *, run_id: str | None = None) -> Policy:
     """``policy_base_url`` set: the endpoint; ``policy_model`` ``vllm:<name>``: vLLM's engine; a
     local folder: transformers; anything else: the offline policy (with a warning unless the
     name is ``offline-policy``)."""
-    from tasks.sample.offline import OfflinePolicy
-
     name = str(settings.policy_model)
     if settings.policy_base_url:
         return EndpointPolicy(LLMClient.from_settings(settings, "policy", run_id=run_id))

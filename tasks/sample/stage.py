@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.lake import Lake
+from tasks.sample.base import Policy, Sample, SamplingParams
 from tasks.sample.layout import build_messages
-from tasks.sample.policies import Policy, Sample, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ class _Writer:
 
     async def flush(self) -> None:
         rows, self.rows, self.prompts = self.rows, [], 0  # taken now: batches stay exact
-        drain = getattr(self.policy, "drain_call_log", None)
-        calls = drain() if callable(drain) else []
+        calls = self.policy.drain_call_log()
         async with self.lock:  # one commit at a time
             if rows:
                 self.report.responses_written += await asyncio.to_thread(
@@ -191,8 +190,6 @@ def run_sampling(lake: Lake, policy: Policy, prompts: Sequence[Mapping[str, Any]
             return await sample_responses(lake, policy, prompts, k, params, run_id, template,
                                           on_prompt, **options)
         finally:
-            close = getattr(policy, "aclose", None)
-            if callable(close):
-                await close()
+            await policy.aclose()
 
     return asyncio.run(main())

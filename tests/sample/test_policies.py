@@ -98,11 +98,14 @@ def test_hallucinated_answer_has_a_figure_or_name_not_in_the_context():
     assert not re.search(rf"(?<![\d,]){re.escape(corrupted['to'])}(?![\d,])", prompt.context)
 
 
-def test_off_topic_answer_quotes_no_fact_and_contradictory_negates():
+def test_off_topic_answer_quotes_no_fact_and_contradictory_restates_a_figure_otherwise():
     prompt, off = styled("off_topic")
     assert not any(f[20:60] in off.text for f in prompt.facts)
-    _, contra = styled("contradictory")
-    assert "However," in contra.text
+    prompt, contra = styled("contradictory")
+    changed = contra.meta["contradicts"]
+    head, _, restated = contra.text.rpartition(changed["to"])
+    assert changed["from"] in head and restated          # the answer gave the figure first
+    assert not re.search(rf"(?<![\d,]){re.escape(changed['to'])}(?![\d,])", prompt.context)
 
 
 def test_partial_answer_is_shorter_than_good_ones():

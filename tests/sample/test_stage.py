@@ -11,7 +11,7 @@ from tasks.lake import Lake
 from tasks.llm import LLMClient
 from tasks.records import prompt_id
 from tasks.sample.offline import OfflinePolicy
-from tasks.sample.policies import EndpointPolicy, Sample, SamplingParams
+from tasks.sample.policies import EndpointPolicy, Policy, Sample, SamplingParams
 from tasks.sample.stage import response_id, run_sampling
 from tasks.schemas import RESPONSES
 from tests.fakes import FakeOpenAI
@@ -28,7 +28,7 @@ class Killed(BaseException):
     """The run dies here (like an interrupt: not an ordinary error a prompt can absorb)."""
 
 
-class Counting:
+class Counting(Policy):
     """Wraps a policy; records every generate call, and can fail for chosen prompts."""
 
     def __init__(self, inner, fail_for: Collection[str] = (), kill_after: int | None = None):

@@ -1,0 +1,212 @@
+"""The offline judge's logicality evidence: sentences that seem to contradict an earlier one.
+
+Each sentence is read as a few claims, each with the words around it (figures masked): its
+figures (with what they count), its trend words ("rose", "fell", "unchanged"), its negations
+and its absolute words ("unanimous", "exactly"). A later sentence is suspect when one of its
+claims is about the same thing as a claim of an earlier sentence (their surrounding words are
+close in embedding space) and disagrees with it:
+
+- figures of one kind that differ, within a factor of five, neither a bound ("more than 15"):
+  "rose from 81 to 92 per cent" / "ended at 86 per cent";
+- opposite trends: "rose" / "fell", or "unchanged" / "rose";
+- a negation against the same statement made plainly: "no property flooded" / "64 properties
+  flooded";
+- an absolute claim against a counted or qualified one: "unanimous" / "five votes to two";
+- a sentence opening with a correction ("In fact", "Actually") close to an earlier one.
+
+A suspect pair weighs the closeness of its claims times the strength of its cue; a sentence
+counts once (its strongest pair). It reads no meaning: a contradiction by paraphrase goes
+unseen, and two different facts phrased alike can be flagged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.offline_text import NEGATIONS, Value, values, words, wordset
+
+_UP = wordset(
+    "rose rise risen rising increase increased increases grew grow growing higher above "
+    "climbed climb gain gained improved boost boosted largest biggest highest surged "
+    "jumped doubled exceeded expanded")
+_DOWN = wordset(
+    "fell fall fallen falling drop dropped declined decline decrease decreased cut cuts "
+    "lower fewer below reduced reduce reduction shrank shrunk slipped smallest lowest "
+    "weaker")
+_STABLE = wordset(
+    "unchanged stable steady flat stayed")
+_ABSOLUTE = wordset(
+    "unanimous unanimously every entirely exactly consistently always fully completely "
+    "wholly invariably all")
+_QUALIFIED = wordset(
+    "only partly partially some less short majority minority although though except "
+    "against votes")
+_LOWER = wordset("over above least exceeding")  # "more than 15", "at least 15"
+_UPPER = wordset("under below within most")      # "less than 15", "up to 15", "at most"
+_CORRECTION = re.compile(r"^(in fact|actually|in reality|on the contrary|contrary to)\b", re.I)
+_STRENGTH = {"figure": 1.0, "month": 0.5, "trend": 0.8, "negation": 0.7, "absolute": 0.5,
+             "correction": 0.4}
+_SKIPPED_KINDS = ("day", "year")  # dates of different events differ: not a contradiction
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: str            # figure | trend | negation | absolute
+    detail: str          # the figure's kind, or the trend's direction
+    value: Value | None
+    window: str          # the words around it, figures masked
+    bound: str = ""      # a figure's "lower" ("more than 15") or "upper" ("within 40") bound
+    frame: frozenset[str] = frozenset()  # the years named around it
+
+
+def _time_frame(tokens: list[str]) -> frozenset[str]:
+    """The years some words name: figures of different times ("61 million in 2019" / "below
+    38 million by 2028") do not contradict."""
+    return frozenset(t for t in tokens if re.fullmatch(r"(?:18|19|20)\d\d", t))
+
+
+def _bound(tokens: list[str], start: int) -> str:
+    before = tokens[max(0, start - 2): start]
+    if before[-1:] and (before[-1] in _LOWER or before == ["more", "than"]):
+        return "lower"
+    if before[-1:] and (before[-1] in _UPPER or before in (["less", "than"], ["fewer", "than"],
+                                                           ["up", "to"])):
+        return "upper"
+    return ""
+
+
+def _consistent(a: Claim, b: Claim) -> bool:
+    """Whether two figures of one kind can both hold, a bound being a range."""
+    x, y = a.value.number, b.value.number
+    if not a.bound and not b.bound:
+        return a.value.matches(y) or b.value.matches(x)
+    if a.bound and b.bound:
+        return a.bound == b.bound or (x <= y if a.bound == "lower" else y <= x)
+    bounded, plain = (a, b) if a.bound else (b, a)
+    limit, other = bounded.value.number, plain.value.number
+    return other >= limit if bounded.bound == "lower" else other <= limit
+
+
+def claims(sentence: str) -> list[Claim]:
+    """The checkable claims of one sentence."""
+    tokens = words(sentence)
+
+    def around(k: int, before: int = 9, after: int = 6) -> str:
+        return re.sub(r"\d", "0", " ".join(tokens[max(0, k - before): k + after]))
+
+    found = []
+    for v in values(sentence):
+        if v.kind not in _SKIPPED_KINDS:
+            frame = _time_frame(tokens[max(0, v.start - 9): v.start + 6])
+            found.append(Claim("figure", v.kind, v, around(v.start), _bound(tokens, v.start),
+                               frame))
+    for k, token in enumerate(tokens):
+        following = tokens[k + 1] if k + 1 < len(tokens) else ""
+        direction = ("up" if token in _UP or (token == "up" and following in ("from", "by"))
+                     else "down" if token in _DOWN or (token == "down" and following in
+                                                        ("from", "by", "to"))
+                     else "stable" if token in _STABLE else None)
+        if direction:
+            found.append(Claim("trend", direction, None, around(k)))
+        elif token in NEGATIONS or token.endswith("n't"):
+            found.append(Claim("negation", "", None, around(k, 3, 10)))  # what it denies follows
+        elif token in _ABSOLUTE:
+            found.append(Claim("absolute", "", None, around(k)))
+    return found
+
+
+def _disagree(a: Claim, b: Claim, mine: list[Claim], theirs: list[Claim]) -> str | None:
+    """Why claim ``b`` disagrees with claim ``a`` (None when it does not)."""
+    if a.kind == b.kind == "figure" and a.detail == b.detail and a.value and b.value \
+            and (a.frame == b.frame or a.detail == "month"):
+        same = [c for c in mine if c.kind == "figure" and c.detail == a.detail]
+        other = [c for c in theirs if c.kind == "figure" and c.detail == b.detail]
+        if any(_consistent(x, y) for x in same for y in other):
+            return None
+        low, high = sorted((abs(a.value.number), abs(b.value.number)))
+        if a.detail == "month" or (low and high / low <= 5):
+            return f"{a.detail} figures differ ({a.value.text} / {b.value.text})"
+    if a.kind == b.kind == "trend" and a.detail != b.detail:
+        return f"one says {a.detail}, the other {b.detail}"
+    return None
+
+
+def _cue(first: list[Claim], second: list[Claim], closeness: np.ndarray, plain: tuple[bool, bool],
+         whole: np.ndarray) -> tuple[float, str] | None:
+    """The strongest (weight, reason) that the second sentence disagrees with the first.
+    ``closeness[x, y]``: claim windows; ``whole[x]``: a claim window of one sentence against the
+    whole other sentence (first's claims, then second's); ``plain``: (first, second) negated."""
+    best: tuple[float, str] | None = None
+
+    def offer(weight: float, why: str) -> None:
+        nonlocal best
+        if weight > 0 and (best is None or weight > best[0]):
+            best = (weight, why)
+
+    for x, a in enumerate(first):
+        for y, b in enumerate(second):
+            if why := _disagree(a, b, first, second):
+                kind = "month" if a.detail == "month" else a.kind
+                offer(_STRENGTH[kind] * _ramp(float(closeness[x, y]), 0.45, 0.75), why)
+    for claims_of, other_negated, offset in ((first, plain[1], 0), (second, plain[0], len(first))):
+        for k, claim in enumerate(claims_of):
+            near = float(whole[offset + k])
+            if claim.kind == "negation" and not other_negated:
+                offer(_STRENGTH["negation"] * _ramp(near, 0.4, 0.7),
+                      "one denies what the other states")
+            other = second if claims_of is first else first
+            if claim.kind == "absolute" and any(c.kind == "figure" and c.detail == "count"
+                                                for c in other):
+                offer(_STRENGTH["absolute"] * _ramp(near, 0.35, 0.6),
+                      "an absolute claim against a counted one")
+    return best
+
+
+def _ramp(x: float, low: float, high: float) -> float:
+    return max(0.0, min(1.0, (x - low) / (high - low)))
+
+
+SAME_TOPIC = (0.3, 0.55)  # sentence closeness from which a pair can be about one fact
+
+
+def disagreement(first: list[Claim], second: list[Claim], windows: tuple[np.ndarray, np.ndarray],
+                 sentence_vectors: tuple[np.ndarray, np.ndarray], similarity: float,
+                 opens_with_correction: bool = False) -> tuple[float, str] | None:
+    """(weight, reason) that a sentence with claims ``second`` disagrees with one with claims
+    ``first``; ``windows``: their claims' window vectors; ``sentence_vectors``: the two
+    sentences' vectors; ``similarity``: their cosine."""
+    negated = (any(c.kind == "negation" for c in first), any(c.kind == "negation" for c in second))
+    whole = np.concatenate([windows[0] @ sentence_vectors[1], windows[1] @ sentence_vectors[0]])
+    cue = _cue(first, second, windows[0] @ windows[1].T, negated, whole)
+    if cue:  # claims alike in sentences about different things are rarely one fact
+        cue = (cue[0] * _ramp(similarity, *SAME_TOPIC), cue[1])
+    if opens_with_correction:
+        correction = _STRENGTH["correction"] * _ramp(similarity, 0.35, 0.6)
+        if cue is None or correction > cue[0]:
+            cue = (correction, "it corrects the earlier sentence")
+    return cue if cue and cue[0] > 0 else None
+
+
+def contradictions(said: list[str], read: list[list[Claim]], similarity: np.ndarray,
+                   windows: list[np.ndarray], sentence_vectors: np.ndarray,
+                   ) -> list[tuple[int, int, float, str]]:
+    """(earlier, later, weight, reason) for each sentence that seems to contradict an earlier
+    one, its strongest pair only. ``read[i]``: claims of sentence i; ``windows[i]``: their
+    window vectors; ``similarity``: the sentences' cosine matrix."""
+    found = []
+    for j in range(1, len(said)):
+        best: tuple[float, int, str] | None = None
+        for i in range(j):
+            if said[i] == said[j]:
+                continue
+            cue = disagreement(read[i], read[j], (windows[i], windows[j]),
+                               (sentence_vectors[i], sentence_vectors[j]),
+                               float(similarity[i, j]), bool(_CORRECTION.match(said[j])))
+            if cue and (best is None or cue[0] > best[0]):
+                best = (cue[0], i, cue[1])
+        if best:
+            found.append((best[1], j, round(best[0], 2), best[2]))
+    return found
