@@ -50,6 +50,14 @@ class Store:
     def _local(self, key: str) -> Path:
         return Path(storage.filesystem(storage.join(self.root, key))[1])
 
+    def _staged(self, key: str, data: bytes) -> tuple[Path, Path]:
+        """(the key's path, a finished temporary file beside it holding ``data``)."""
+        target = self._local(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        tmp.write_bytes(data)
+        return target, tmp
+
     def create(self, key: str, data: bytes) -> bool:
         """Write ``data`` at ``key`` unless something is there; True if this call wrote it."""
         if self.s3:
@@ -64,10 +72,7 @@ class Store:
                     return False
                 raise
             return True
-        target = self._local(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
+        target, tmp = self._staged(key, data)
         try:
             os.link(tmp, target)
         except FileExistsError:
@@ -82,10 +87,7 @@ class Store:
             bucket, path = storage.split_s3(storage.join(self.root, key))
             self._client().put_object(Bucket=bucket, Key=path, Body=data)
             return
-        target = self._local(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
+        target, tmp = self._staged(key, data)
         os.replace(tmp, target)
 
     def get(self, key: str) -> bytes | None:

@@ -183,15 +183,13 @@ def list_runs(lake: Lake, limit: int = 20, run_id: str | None = None) -> list[di
             for row in rows]
 
 
-def _figure():
+def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, without pyplot's state
     from matplotlib.figure import Figure
 
-    def make(width: float, height: float):
-        fig = Figure(figsize=(width, height), dpi=100)
-        FigureCanvasAgg(fig)
-        return fig
-    return make
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _png(fig) -> bytes:
@@ -205,7 +203,7 @@ def scores_png(series: list[tuple[str, list[float], int]]) -> bytes:
     """One figure, one histogram panel per dimension (and the reward)."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure()(4 * len(series), 3)
+    fig = _figure(4 * len(series), 3)
     for i, (name, scores, failed) in enumerate(series, start=1):
         ax = fig.add_subplot(1, len(series), i)
         mean = f"{sum(scores) / len(scores):.2f}" if scores else "n/a"
@@ -226,7 +224,7 @@ def scores_png(series: list[tuple[str, list[float], int]]) -> bytes:
 
 def trend_png(runs: list[str], means: dict[str, list[float | None]]) -> bytes:
     """Mean score of each dimension over consecutive runs, so drift is visible."""
-    fig = _figure()(8, 3.5)
+    fig = _figure(8, 3.5)
     ax = fig.add_subplot()
     for name, values in means.items():
         ax.plot(range(len(runs)), [float("nan") if v is None else v for v in values],
