@@ -5,22 +5,30 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import duckdb
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from flows import cli_errors as errors
+from flows.cli_output import (
+    GpuPool,
+    OutputFormat,
+    ReportFormat,
+    Style,
+    Ties,
+    console,
+    emit,
+    needs_file,
+    write_text,
+)
+from flows.cli_output import print_table as _print_arrow
 from tasks import catalog, pipeline, publish
+from tasks.backends import require_backends
 from tasks.config import Settings, load_settings
 from tasks.ingest import IngestOptions, ingest
 from tasks.lake import Lake
@@ -29,7 +37,6 @@ from tasks.redact import install_log_scrubbing
 from tasks.runs import new_run_id
 from tasks.sources import list_objects
 
-console = Console()
 err_console = errors.err_console
 
 
@@ -44,6 +51,9 @@ LakeOpt = Annotated[str | None, typer.Option(
     "--lake", help="Lake root: folder or s3://bucket/prefix [env LONGREWARD_LAKE].")]
 SourceOpt = Annotated[str | None, typer.Option(
     "--source", help="Where new prompts land: folder or s3://... [env LONGREWARD_SOURCE].")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", help="Write to a file (required for parquet).")]
 
 
 @app.callback()
@@ -62,34 +72,6 @@ def _settings(config: Path | None, **overrides) -> Settings:
         return load_settings(config, **overrides)
     except (FileNotFoundError, ValueError) as err:
         raise errors.fail(f"config error: {err}", 2) from err
-
-
-def _print_arrow(table: pa.Table, title: str | None = None, max_rows: int = 50) -> None:
-    out = Table(title=title, show_lines=False)
-    for name in table.column_names:
-        out.add_column(name, overflow="fold")
-    for row in table.slice(0, max_rows).to_pylist():
-        out.add_row(*("" if v is None else _short(v) for v in row.values()))
-    console.print(out)
-    if table.num_rows > max_rows:
-        console.print(f"... {table.num_rows - max_rows} more rows")
-
-
-def _flat(table: pa.Table) -> pa.Table:
-    """Lists, structs and maps as JSON text: CSV has no nested values."""
-    columns = []
-    for field, column in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_nested(field.type):
-            column = pa.array([None if v is None else json.dumps(v, default=str,
-                                                                 ensure_ascii=False)
-                               for v in column.to_pylist()], pa.string())
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=table.column_names)
-
-
-def _short(value, limit: int = 120) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @app.command("ingest")
@@ -113,14 +95,12 @@ def ingest_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt
 
 @app.command("sql")
 def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to a .sql file).")],
-            config: ConfigOpt = None, lake: LakeOpt = None,
-            fmt: Annotated[str, typer.Option("--format", "-f",
-                                             help="table, csv, json or parquet.")] = "table",
-            output: Annotated[Path | None, typer.Option(
-                "--output", "-o", help="Write to a file (required for parquet).")] = None,
+            config: ConfigOpt = None, lake: LakeOpt = None, fmt: FormatOpt = OutputFormat.table,
+            output: OutputOpt = None,
             max_rows: Annotated[int, typer.Option(help="Rows shown as a table.")] = 50):
     """Query the lake with DuckDB SQL (read-only). Tables and views: see sql/ and README."""
     settings = _settings(config, lake=lake)
+    _check_output(fmt, output)
     if query.endswith(".sql") and Path(query).is_file():
         query = Path(query).read_text()
     try:
@@ -135,21 +115,13 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to 
             raise typer.Exit(2) from err
         err_console.print(f"[red]SQL error:[/red] {err}")
         raise typer.Exit(1) from err
-    if fmt == "table":
-        _print_arrow(result, max_rows=max_rows)
-    elif fmt == "csv":
-        pacsv.write_csv(_flat(result), str(output) if output else sys.stdout.buffer)
-    elif fmt == "json":
-        text = json.dumps(result.to_pylist(), default=str, ensure_ascii=False, indent=1)
-        output.write_text(text) if output else print(text)
-    elif fmt == "parquet":
-        if not output:
-            err_console.print("[red]--format parquet needs --output FILE[/red]")
-            raise typer.Exit(2)
-        pq.write_table(result, output)
-    else:
-        err_console.print(f"[red]unknown format {fmt!r}[/red]: table, csv, json or parquet")
-        raise typer.Exit(2)
+    emit(result, fmt, output, max_rows=max_rows)
+
+
+def _check_output(fmt: OutputFormat, output: Path | None) -> None:
+    problem = needs_file(fmt, output)
+    if problem:
+        raise errors.fail(problem, 2)
 
 
 @app.command("catalog")
@@ -163,30 +135,42 @@ def catalog_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
 
 @datasets_app.command("list")
 def datasets_list(config: ConfigOpt = None, lake: LakeOpt = None,
-                  kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None):
+                  kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+                  fmt: FormatOpt = OutputFormat.table, output: OutputOpt = None):
     """List published dataset versions."""
     settings = _settings(config, lake=lake)
+    _check_output(fmt, output)
     versions = publish.list_versions(errors.existing_lake(settings.lake), kind)
-    if not versions:
+    if not versions and fmt is OutputFormat.table:
         console.print("no dataset version published yet")
         return
-    _print_arrow(pa.Table.from_pylist([
+    emit(pa.Table.from_pylist([
         {"version": v.version, "kind": v.kind, "rows": v.row_count,
-         "content_hash": v.content_hash[:12], "config_hash": v.config_hash,
-         "created_at": v.created_at} for v in versions]))
+         "content_hash": v.content_hash if fmt is not OutputFormat.table
+         else v.content_hash[:12], "config_hash": v.config_hash, "data": v.data_uri,
+         "created_at": v.created_at} for v in versions],
+        schema=None if versions else pa.schema([("version", pa.string())])), fmt, output)
 
 
 @datasets_app.command("show")
 def datasets_show(version: Annotated[str, typer.Argument(help="vN, N or latest.")],
-                  config: ConfigOpt = None, lake: LakeOpt = None):
+                  config: ConfigOpt = None, lake: LakeOpt = None,
+                  fmt: Annotated[ReportFormat, typer.Option(
+                      "--format", "-f", help="text or json (the manifest either way).")] =
+                  ReportFormat.json, output: OutputOpt = None):
     """Show one version's manifest: counts, hashes, lineage (table versions, code revision)."""
     settings = _settings(config, lake=lake)
     try:
         found = publish.get_version(errors.existing_lake(settings.lake), version)
     except LookupError as err:
-        err_console.print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from err
-    console.print_json(json.dumps({**found.__dict__, "data": found.data_uri}, default=str))
+        raise errors.fail(f"error: {err}", 1) from err
+    manifest = {**found.__dict__, "data": found.data_uri}
+    if fmt is ReportFormat.json and output is None:
+        console.print_json(json.dumps(manifest, default=str))
+    elif fmt is ReportFormat.json:
+        write_text(json.dumps(manifest, default=str, indent=1), output)
+    else:
+        write_text("\n".join(f"{k}: {v}" for k, v in manifest.items()), output)
 
 
 @app.command("sources")
@@ -201,6 +185,7 @@ def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
                k: Annotated[int | None, typer.Option("--k", help="Answers per prompt.")] = None):
     """Sample K answers for every prompt that lacks them (policy endpoint or offline)."""
     settings = _settings(config, lake=lake, samples_per_prompt=k)
+    require_backends(settings, "sample")
     errors.check_writable(settings.lake)
     run_id = new_run_id()
     with _progress() as progress:
@@ -213,6 +198,7 @@ def sample_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
 def score_cmd(config: ConfigOpt = None, lake: LakeOpt = None):
     """Score every unscored response on the four LongReward dimensions."""
     settings = _settings(config, lake=lake)
+    require_backends(settings, "score")
     errors.check_writable(settings.lake)
     run_id = new_run_id()
     with _progress() as progress:
@@ -227,18 +213,19 @@ def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
              min_answers: Annotated[int | None, typer.Option(
                  help="Rewarded answers needed (default: pair_min_answers, 5).")] = None,
              min_margin: Annotated[float, typer.Option(help="Smallest best-worst gap.")] = 0.0,
-             ties: Annotated[str, typer.Option(help="first or skip.")] = "first",
+             ties: Annotated[Ties, typer.Option(
+                 help="Equal best rewards: pair the first, or skip the prompt.")] = Ties.first,
              publish_version: Annotated[bool, typer.Option(
                  "--publish/--no-publish", help="Publish the pairs as a dataset version.")] = True,
-             style: Annotated[str, typer.Option(help="conversational or plain.")] =
-             "conversational"):
+             style: Annotated[Style, typer.Option(
+                 help="Messages (TRL conversational) or plain text.")] = Style.conversational):
     """Pair best vs worst answer per prompt; publish them as a TRL preference dataset."""
     settings = _settings(config, lake=lake)
     errors.check_writable(settings.lake)
     run_id = new_run_id()
     try:
         rule = PairRule(settings.pair_min_answers if min_answers is None else min_answers,
-                        min_margin, ties)  # type: ignore[arg-type]
+                        min_margin, ties.value)
     except ValueError as err:
         err_console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err
@@ -247,7 +234,7 @@ def pair_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
                   "(reasons: longreward sql \"SELECT skip_reason, count(*) FROM pairs_latest "
                   "GROUP BY 1\")")
     if publish_version:
-        version, created = pipeline.stage_publish(settings, run_id, style)  # type: ignore[arg-type]
+        version, created = pipeline.stage_publish(settings, run_id, style.value)
         if version:
             console.print(f"dataset {'published' if created else 'unchanged, still'} "
                           f"{version.version} ({version.row_count} pairs)")
@@ -261,7 +248,7 @@ def demo_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
     policy and judge), then train a tiny model on the dataset version it published."""
     from flows.demo import run_demo
 
-    settings = _settings(config, lake=lake)
+    settings = _settings(config, lake=lake, offline=True)
     result = run_demo(settings, n_prompts=prompts, config=str(config) if config else None)
     counts = result.counts
     score = {k: sum(b[k] for b in counts["score"]) for k in ("responses", "ok", "failed",
@@ -322,6 +309,7 @@ def run_cmd(config: ConfigOpt = None, lake: LakeOpt = None, source: SourceOpt = 
     from flows.nightly import run_nightly
 
     settings = _settings(config, lake=lake, source=source)
+    require_backends(settings, "sample", "score")
     errors.check_writable(settings.lake, settings.source)
     counts = run_nightly(task_runner, lake=lake, source=source,
                          config=str(config) if config else None, batch_prompts=batch_prompts,
@@ -343,24 +331,29 @@ def serve_cmd(cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 2 *
 
 
 @app.command("deploy")
-def deploy_cmd(prefect_file: Annotated[Path, typer.Option(help="Deployments file.")] =
-               Path("infra/prefect.yaml"),
-               gpu_pool_type: Annotated[str, typer.Option(
-                   help="process (a GPU machine) or kubernetes.")] = "process"):
+def deploy_cmd(prefect_file: Annotated[Path | None, typer.Option(
+                   help="Deployments file (default: the package's infra/prefect.yaml).")] = None,
+               gpu_pool_type: Annotated[GpuPool, typer.Option(
+                   help="The training pool's worker type.")] = GpuPool.process):
     """Create the work pools and concurrency limits, then register the deployments."""
     import subprocess
+    import sys
 
     from flows.nightly import ensure_limits
+    from flows.train import ROOT
 
-    pools = [["longreward-cpu", "--type", "process"], ["longreward-gpu", "--type", gpu_pool_type]]
-    if gpu_pool_type == "kubernetes":
-        pools[1] += ["--base-job-template", "infra/k8s/gpu-base-job-template.json"]
+    prefect = [sys.executable, "-m", "prefect"]  # this environment's, whatever PATH holds
+
+    pools = [["longreward-cpu", "--type", "process"],
+             ["longreward-gpu", "--type", gpu_pool_type.value]]
+    if gpu_pool_type is GpuPool.kubernetes:
+        pools[1] += ["--base-job-template", str(ROOT / "infra/k8s/gpu-base-job-template.json")]
     for pool in pools:
-        subprocess.run(["prefect", "work-pool", "create", *pool, "--overwrite"], check=True)
+        subprocess.run([*prefect, "work-pool", "create", *pool, "--overwrite"], check=True)
     ensure_limits(_settings(None))
-    env = {**os.environ, "LONGREWARD_HOME": os.environ.get("LONGREWARD_HOME", os.getcwd())}
-    subprocess.run(["prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
-                    str(prefect_file)], check=True, env=env)
+    deployments = (prefect_file or ROOT / "infra" / "prefect.yaml").resolve()
+    subprocess.run([*prefect, "--no-prompt", "deploy", "--all", "--prefect-file",
+                    str(deployments)], check=True, cwd=ROOT)
     console.print("deployed; start workers: prefect worker start --pool longreward-cpu "
                   "(and --pool longreward-gpu on the GPU machine)")
 
@@ -396,8 +389,13 @@ def train_cmd(dataset: Annotated[str, typer.Option("--dataset", help="vN, N or l
 
 @app.command("report")
 def report_cmd(run: Annotated[str | None, typer.Argument(help="Run id (default: latest).")] =
-               None, config: ConfigOpt = None, lake: LakeOpt = None):
+               None, config: ConfigOpt = None, lake: LakeOpt = None,
+               fmt: Annotated[ReportFormat, typer.Option(
+                   "--format", "-f", help="text (terminal), markdown (the Prefect artifact's) "
+                   "or json (the figures).")] = ReportFormat.text, output: OutputOpt = None):
     """Print a run's report: counts, scores per dimension, failures, cost; saves plots."""
+    from dataclasses import asdict
+
     from tasks import report
 
     settings = _settings(config, lake=lake)
@@ -409,9 +407,15 @@ def report_cmd(run: Annotated[str | None, typer.Argument(help="Run id (default: 
         raise errors.fail(f"error: no run {run_id} in the lake at {settings.lake} (longreward runs "
                    "lists them)", 1)
     stats = report.collect_run_stats(the_lake, run_id)
-    console.print(report.render_terminal(stats))
+    if fmt is ReportFormat.json:
+        write_text(json.dumps(asdict(stats), default=str, indent=1), output)
+        return
     plots = report.plot_score_distributions(the_lake, run_id,
                                             f"{settings.lake.rstrip('/')}/reports/{run_id}")
+    if fmt is ReportFormat.markdown:
+        write_text(report.render_markdown(stats, plots), output)
+        return
+    console.print(report.render_terminal(stats))
     for uri in plots:
         console.print(f"plot: {uri}")
 
@@ -450,7 +454,6 @@ def runs_cmd(config: ConfigOpt = None, lake: LakeOpt = None,
 
 def _flow_run_states(names: list[str]) -> dict[str, str]:
     """State of the flow run named after each run id (needs PREFECT_API_URL; else none)."""
-    import os
 
     if not names or not os.environ.get("PREFECT_API_URL"):
         return {}

@@ -57,14 +57,17 @@ def upload_demo_prompts(n_prompts: int, seed: int = 0) -> str:
 
 
 def run_demo(settings: Settings, n_prompts: int = 12, config: str | None = None) -> DemoResult:
-    """The nightly-refresh Prefect flow over an embedded S3 bucket, then a tiny training run."""
+    """The nightly-refresh Prefect flow over an embedded S3 bucket, then a tiny training run.
+
+    The demo declares ``offline``: backends not configured are the offline stand-ins."""
     from flows.nightly import run_nightly
 
     with embedded_s3(buckets=(DEMO_BUCKET,)) as endpoint:
         log.info("embedded S3 at %s", endpoint)
         source = upload_demo_prompts(n_prompts)
         counts = run_nightly(settings.task_runner, lake=settings.lake, source=source,
-                             config=config, batch_prompts=4)   # a few batches: fan-out shows
+                             config=config, batch_prompts=4,   # a few batches: fan-out shows
+                             overrides={"offline": True})
     result = DemoResult(counts)
     version = counts["publish"]["dataset_version"]
     lake = Lake(settings.lake)

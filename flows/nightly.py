@@ -26,10 +26,12 @@ from prefect.tasks import exponential_backoff
 from flows.api import owns_temporary_api, signals_stop_the_run, temporary_api
 from flows.slots import hold_slots, reclaim_lapsed_slots
 from tasks import catalog, pipeline
+from tasks.backends import require_backends
 from tasks.config import Settings, load_settings
 from tasks.lake import Lake
+from tasks.preflight import check_worker_paths
 from tasks.redact import install_log_scrubbing, scrub
-from tasks.runs import new_run_id, run_id_of_flow_run
+from tasks.runs import in_deployment, new_run_id, run_id_of_flow_run
 
 JUDGE_LIMIT = "longreward-judge"
 POLICY_LIMIT = "longreward-policy"
@@ -217,6 +219,9 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
     """Ingest new prompts, sample, score, pair, publish a dataset version; optionally train."""
     install_log_scrubbing()  # here too: a worker runs this flow without the CLI
     settings = load_settings(config, lake=lake, source=source, **(overrides or {}))
+    require_backends(settings, "sample", "score")  # before any work, naming what is missing
+    if in_deployment():
+        check_worker_paths(settings.lake, settings.source)
     run_id = run_id_of_flow_run()  # the flow run is named after it: one run, one name
     settings = ensure_limits(settings)
     counts: dict[str, Any] = {"run_id": run_id, "ingest": ingest_task(settings, run_id)}

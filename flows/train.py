@@ -18,9 +18,36 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from tasks import storage
+from tasks.backends import require_backends
 from tasks.config import Settings, load_settings
 from tasks.lake import Lake
-from tasks.runs import flow_run_id, new_run_id
+from tasks.preflight import check_worker_paths
+from tasks.runs import flow_run_id, in_deployment, new_run_id
+
+
+def base_model_of(settings: Settings, base_model: str | None = None) -> str:
+    """The model to train: the parameter, else ``base_model``; a tiny random model is built
+    only under ``offline`` (a run that forgot the setting stops instead of training it)."""
+    if base_model or settings.base_model:
+        return base_model or settings.base_model  # type: ignore[return-value]
+    require_backends(settings, "train")
+    return _tiny_base_model(settings)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+ZERO3 = ROOT / "infra" / "deepspeed" / "zero3.json"
+
+
+def deepspeed_config(value: str | None) -> str | None:
+    """``auto``: ZeRO-3 where the job has GPUs, none (DDP) on CPU; a relative path that is not
+    here is read from the package's ``infra/`` (a worker runs in a scratch folder)."""
+    if value == "auto":
+        import torch
+
+        return str(ZERO3) if torch.cuda.is_available() else None
+    if value and not Path(value).is_absolute() and not Path(value).exists():
+        return str(ROOT / value)
+    return value
 
 
 def _tiny_base_model(settings: Settings) -> str:
@@ -41,7 +68,7 @@ def train_locally(settings: Settings, dataset_version: str, base_model: str | No
     from tasks.train.trainer import train_dpo as run_training
 
     run_id = new_run_id()
-    base = base_model or settings.base_model or _tiny_base_model(settings)
+    base = base_model_of(settings, base_model)
     options: dict[str, Any] = {
         "base_model": base, "dataset_version": dataset_version, "deepspeed": deepspeed,
         "checkpoint_uri": storage.join(settings.lake, "checkpoints", run_id), **overrides}
@@ -73,7 +100,7 @@ def train_launched(settings: Settings, dataset_version: str, processes: int,
     """Train in ``processes`` worker processes under torchrun (one per GPU: DDP, or DeepSpeed
     ZeRO with ``deepspeed``); waits, then returns the summary from the ``models`` row."""
     run_id = new_run_id()
-    base = base_model or settings.base_model or _tiny_base_model(settings)
+    base = base_model_of(settings, base_model)
     options = {"base_model": base, "dataset_version": dataset_version, "deepspeed": deepspeed,
                "checkpoint_uri": storage.join(settings.lake, "checkpoints", run_id),
                "max_steps": max_steps, **overrides}
@@ -85,7 +112,7 @@ def train_launched(settings: Settings, dataset_version: str, processes: int,
     env = dict(os.environ)
     if flow_run_id():  # the models row records the flow run that launched the training
         env["PREFECT__FLOW_RUN_ID"] = flow_run_id()
-    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env,
+    done = subprocess.run(command, cwd=ROOT, env=env,
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"training ({processes} processes) exited with {done.returncode}")
@@ -109,6 +136,10 @@ def train_dpo(dataset_version: str, base_model: str | None = None, lake: str | N
     one process trains in this one.
     """
     settings = load_settings(config, lake=lake)
+    base_model = base_model_of(settings, base_model)  # before any work, naming what is missing
+    if in_deployment():
+        check_worker_paths(settings.lake)
+    deepspeed = deepspeed_config(deepspeed)
     n = processes or processes_for_job()
     if n > 1:
         summary = train_launched(settings, dataset_version, n, base_model, max_steps, deepspeed,

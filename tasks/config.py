@@ -23,6 +23,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 CONFIG_FILE_ENV = "LONGREWARD_CONFIG"
 DEFAULT_CONFIG_FILE = "longreward.toml"
 TABLE = "longreward"
+# The stand-ins' names, as their rows carry them (offline = true).
+OFFLINE_JUDGE = "offline-judge"
+OFFLINE_POLICY = "offline-policy"
+OFFLINE_EMBEDDINGS = "all-MiniLM-L6-v2"
 # LONGREWARD_* variables that are not fields: the config file, the deploy home, API keys.
 _OTHER_ENV = re.compile(r"^LONGREWARD_(CONFIG|HOME|[A-Z0-9_]+_API_KEY)$")
 
@@ -37,7 +41,7 @@ class ConfigError(ValueError):
 _NON_SEMANTIC = {"lake", "source", "catalog", "judge_base_url", "policy_base_url",
                  "embeddings_base_url", "judge_concurrency", "policy_concurrency",
                  "request_timeout_s", "max_retries", "task_retries", "task_retry_delay_s",
-                 "task_runner", "base_model"}
+                 "task_runner", "base_model", "offline"}
 # How judge calls are paid for, not what they say (issue 14's batch settings).
 _NON_SEMANTIC |= {"judge_mode", "batch_price_factor", "batch_idle_s", "batch_poll_s",
                   "batch_poll_max_s", "batch_max_resubmits", "batch_prompts_in_flight",
@@ -63,13 +67,17 @@ class Settings(BaseSettings):
     max_context_tokens: int = Field(131_072, gt=0, description="Longer contexts are rejected.")
     max_query_tokens: int = Field(4_096, gt=0, description="Longer queries are rejected.")
 
-    # endpoints (unset base URL = offline backend)
+    # backends: each must be set, unless offline = true lets a stand-in take its place
+    offline: bool = Field(
+        False, description="Use the offline stand-ins (judge, policy, local MiniLM embedder, a "
+        "tiny random base model) for every backend left unset; their rows say so. The demo sets "
+        "it; without it a run missing a backend setting stops before any work.")
     judge_base_url: str | None = None
-    judge_model: str = "offline-judge"
+    judge_model: str | None = None
     policy_base_url: str | None = None
-    policy_model: str = "offline-policy"
+    policy_model: str | None = None
     embeddings_base_url: str | None = None
-    embeddings_model: str = "all-MiniLM-L6-v2"
+    embeddings_model: str | None = None
 
     # training
     base_model: str | None = Field(
@@ -141,6 +149,19 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/") if value not in ("/", "") else value
+
+    @model_validator(mode="after")
+    def _stand_ins(self) -> Settings:
+        """Under ``offline``, an unset backend is its stand-in, named as its rows will be."""
+        if not self.offline:
+            return self
+        for role, stand_in in (("judge", OFFLINE_JUDGE), ("policy", OFFLINE_POLICY),
+                               ("embeddings", OFFLINE_EMBEDDINGS)):
+            if not getattr(self, f"{role}_base_url") and not getattr(self, f"{role}_model"):
+                setattr(self, f"{role}_model", stand_in)
+                # a default, not something the user set: later layers may still set it
+                self.model_fields_set.discard(f"{role}_model")
+        return self
 
     @model_validator(mode="after")
     def _pairs_possible(self) -> Settings:

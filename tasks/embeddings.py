@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-OFFLINE_MODEL = "all-MiniLM-L6-v2"
+from tasks.backends import require_backends
+from tasks.config import OFFLINE_EMBEDDINGS as OFFLINE_MODEL
 
 
 class Embedder(Protocol):
@@ -81,6 +82,7 @@ class EndpointEmbedder:
 
 
 def embedder_from_settings(settings: Any) -> Embedder:
+    require_backends(settings, "embed")
     if settings.embeddings_base_url:
         from tasks.llm.client import LLMClient
 

@@ -36,13 +36,14 @@ import weakref
 
 import numpy as np
 
+from tasks.config import OFFLINE_JUDGE
 from tasks.embeddings import Embedder, LocalEmbedder
 from tasks.llm.client import ChatResult
 from tasks.offline_logic import Claim, claims, contradictions, disagreement
 from tasks.offline_text import Value, content_words, names, sentences, values
 from tasks.score.judge import step_of
 
-MODEL = "offline-judge"
+MODEL = OFFLINE_JUDGE
 _POINT = re.compile(r"^\d+\.\s+(.*)$", re.M)
 _ABSENCE = re.compile(r"\b(does not|doesn't|do not|did not) (say|state|mention|contain|give|"
                       r"include)|\bno (information|mention|details?)\b|\bnot (mentioned|stated|"

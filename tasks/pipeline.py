@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from tasks import catalog
+from tasks.backends import require_backends
 from tasks.config import Settings
 from tasks.embeddings import embedder_from_settings
 from tasks.ingest import IngestOptions, IngestReport, ingest
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 def judge_from_settings(settings: Settings, run_id: str) -> Judge:
     """The LLM judge at ``judge_base_url`` (through its Batch API when ``judge_mode`` is
-    ``batch``); the offline judge when none is set."""
+    ``batch``); the offline judge when none is set and ``offline`` allows it."""
+    require_backends(settings, "score")
     if settings.judge_base_url:
         from tasks.llm.client import LLMClient
 
@@ -160,8 +162,8 @@ def stage_publish(settings: Settings, run_id: str,
     if table.num_rows == 0:
         log.warning("no pair in the lake after run %s: nothing to publish", run_id)
         return None, False
-    lineage = {"run_id": run_id, "judge_model": settings.judge_model if settings.judge_base_url
-               else OfflineJudge.model, "policy_model": settings.policy_model,
-               "format": style, "source": settings.source, "flow_run_id": flow_run_id()}
+    lineage = {"run_id": run_id, "judge_model": settings.judge_model,
+               "policy_model": settings.policy_model, "format": style,
+               "source": settings.source, "flow_run_id": flow_run_id()}
     return publish(lake, "preference", table, sort_by=["prompt_id"],
                    config_hash=settings.config_hash(), lineage=lineage)

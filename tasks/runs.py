@@ -26,3 +26,10 @@ def run_id_of_flow_run() -> str:
 
     context = FlowRunContext.get()
     return context.flow_run.name if context is not None else new_run_id()
+
+
+def in_deployment() -> bool:
+    """This code runs in a flow run a deployment started (on a worker, in its scratch folder)."""
+    from prefect.runtime import deployment
+
+    return deployment.get_id() is not None

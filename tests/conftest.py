@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The tests run the offline stand-ins wherever a test configures no endpoint, declared once here
+# as the demo declares it; tests of what happens without it set offline=False.
+os.environ.setdefault("LONGREWARD_OFFLINE", "true")
 os.environ.setdefault("PREFECT_HOME", str(Path(__file__).resolve().parents[1] / ".prefect"))
 
 from tasks import storage  # noqa: E402

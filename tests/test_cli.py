@@ -96,6 +96,33 @@ def test_datasets_list_and_show(demo_lake):
     assert missing.returncode == 1 and "no dataset version" in missing.stderr
 
 
+def test_report_and_datasets_answer_in_the_format_asked(demo_lake, tmp_path):
+    listed = json.loads(cli("datasets", "list", "--lake", demo_lake, "-f", "json").stdout)
+    assert [(v["version"], v["rows"]) for v in listed] == [("v1", 6)]
+    assert pq.read_table(listed[0]["data"]).num_rows == 6        # the data URI resolves
+    run = json.loads(cli("sql", "SELECT min(run_id) AS run FROM judgments", "--lake",
+                         demo_lake, "-f", "json").stdout)[0]["run"]
+    stats = json.loads(cli("report", run, "--lake", demo_lake, "-f", "json").stdout)
+    assert stats["run_id"] == run and stats["scored"] == 60
+    target = tmp_path / "report.md"
+    cli("report", run, "--lake", demo_lake, "-f", "markdown", "-o", str(target))
+    assert "| faithfulness |" in target.read_text()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["sql", "SELECT 1", "-f", "xml"], "'xml' is not one of 'table', 'csv', 'json', 'parquet'"),
+    (["report", "-f", "html"], "'html' is not one of 'text', 'markdown', 'json'"),
+    (["pair", "--ties", "random"], "'random' is not one of 'first', 'skip'"),
+    (["pair", "--style", "chatml"], "'chatml' is not one of 'conversational', 'plain'"),
+    (["sql", "SELECT 1", "-f", "parquet"], "--format parquet needs --output FILE"),
+])
+def test_a_mistyped_choice_is_refused_before_any_work(tmp_path, args, says):
+    lake = tmp_path / "lake"
+    out = cli(*args, "--lake", str(lake), check=False)
+    assert out.returncode == 2 and says in " ".join(out.stderr.split()), out.stderr
+    assert not lake.exists()
+
+
 def test_report_prints_the_demo_run_and_saves_plots(demo_lake):
     scored_run = json.loads(cli("sql", "SELECT min(run_id) AS run FROM judgments", "--lake",
                                 demo_lake, "-f", "json").stdout)[0]["run"]

@@ -13,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-OFFLINE_MODEL = "offline-policy"
+from tasks.config import OFFLINE_POLICY as OFFLINE_MODEL  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

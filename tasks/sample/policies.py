@@ -23,6 +23,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from tasks.backends import require_backends
+from tasks.config import Settings
 from tasks.llm.client import LLMClient
 from tasks.sample.base import (  # noqa: F401 - re-exported: the names callers import from here
     OFFLINE_MODEL,
@@ -224,10 +226,11 @@ def policy_name(settings: Any) -> str:
     return OFFLINE_MODEL
 
 
-def policy_from_settings(settings: Any, *, run_id: str | None = None) -> Policy:
+def policy_from_settings(settings: Settings, *, run_id: str | None = None) -> Policy:
     """``policy_base_url`` set: the endpoint; ``policy_model`` ``vllm:<name>``: vLLM's engine; a
-    local folder: transformers; anything else: the offline policy (with a warning unless the
-    name is ``offline-policy``)."""
+    local folder: transformers; anything else, under ``offline`` only: the offline policy (with a
+    warning unless the name is ``offline-policy``)."""
+    require_backends(settings, "sample")
     name = str(settings.policy_model)
     if settings.policy_base_url:
         return EndpointPolicy(LLMClient.from_settings(settings, "policy", run_id=run_id))

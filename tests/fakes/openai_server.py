@@ -94,7 +94,8 @@ class FakeOpenAI:
     handler_class: type[BaseHTTPRequestHandler]  # set below the handler (_Handler)
 
     def __init__(self, responder: Responder | None = None, *, embedder: Embedder | None = None,
-                 latency_s: float = 0.0, dim: int = 64):
+                 latency_s: float = 0.0, dim: int = 64, port: int = 0):
+        self.requested_port = port  # 0: any free port
         self.responder = responder or (lambda request: "OK")
         self.embedder = embedder or (lambda text: bag_of_words(text, dim))
         self.latency_s = latency_s
@@ -109,7 +110,7 @@ class FakeOpenAI:
 
     def start(self) -> FakeOpenAI:
         self._stop.clear()
-        self._httpd = _Server(("127.0.0.1", 0), self.handler_class)
+        self._httpd = _Server(("127.0.0.1", self.requested_port), self.handler_class)
         self._httpd.fake = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai",
                                         kwargs={"poll_interval": 0.05}, daemon=True)

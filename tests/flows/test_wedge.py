@@ -27,6 +27,7 @@ def _env(tmp_path: Path, judge: FakeOpenAI) -> dict[str, str]:
             "LONGREWARD_JUDGE_BASE_URL": judge.url, "LONGREWARD_JUDGE_MODEL": "scripted",
             "LONGREWARD_EMBEDDINGS_BASE_URL": judge.url,
             "LONGREWARD_EMBEDDINGS_MODEL": "scripted-embed",
+            "LONGREWARD_OFFLINE": "true",   # the policy: the offline stand-in, declared
             "LONGREWARD_SAMPLES_PER_PROMPT": "2", "LONGREWARD_PAIR_MIN_ANSWERS": "2",
             "LONGREWARD_JUDGE_CONCURRENCY": "4"}
 
