@@ -19,9 +19,9 @@ _HINT = " (or set offline = true to use the offline stand-ins, as the demo does)
 
 
 def missing_settings(settings: Settings, stages: Iterable[Stage]) -> list[str]:
-    """One line per unconfigured backend the ``stages`` need; empty when all are set."""
-    if settings.offline:
-        return []
+    """One line per unconfigured backend the ``stages`` need; empty when all are set. An
+    endpoint needs its model name even under ``offline`` (stand-ins replace only what is
+    wholly unset, and the validator has already named them)."""
     problems: list[str] = []
     wanted = set(stages)
     if "sample" in wanted:
@@ -47,6 +47,8 @@ def _policy(settings: Settings) -> list[str]:
     if settings.policy_base_url:
         return [] if name else ["policy_model is not set: the model name the policy endpoint "
                                 f"({settings.policy_base_url}) serves"]
+    if settings.offline:  # no endpoint: the offline policy unless the name is a local model
+        return []
     if name and (name.startswith("vllm:") or Path(name).expanduser().is_dir()):
         return []
     if name:
@@ -56,6 +58,8 @@ def _policy(settings: Settings) -> list[str]:
 
 
 def _judge(settings: Settings) -> list[str]:
+    if not settings.judge_base_url and settings.offline:
+        return []
     if not settings.judge_base_url:
         return ["judge_base_url is not set: the judge's OpenAI-compatible endpoint"]
     if not settings.judge_model:

@@ -197,7 +197,8 @@ def test_one_setting_turns_the_scoring_stage_to_batches(tmp_path):
     lake = _lake(tmp_path, {"q": PROMPTS["q"]})
     with FakeBatchOpenAI(varied_judge) as server:
         settings = Settings(lake=lake.root, judge_base_url=server.url, judge_model="judge",
-                            embeddings_base_url=server.url, chunk_tokens=512,
+                            embeddings_base_url=server.url, embeddings_model="embed",
+                            chunk_tokens=512,
                             judge_statements_max_tokens=40, judge_cost_per_mtok_in=1.0,
                             judge_mode="batch", batch_idle_s=0.2, batch_poll_s=0.01)
         assert isinstance(judge_from_settings(settings, "run"), BatchJudge)
