@@ -1,29 +1,24 @@
 """LLM calls paid for through a Batch API (OpenAI's, or vLLM's ``run-batch`` format).
 
-:class:`BatchCaller` has the ``chat`` of :class:`~tasks.llm.client.LLMClient`, so it serves as
-the judge (:class:`~tasks.score.judge.Judge`) and as the client of an endpoint policy. ``chat``
-answers from the call cache when it can (same key and same request body as online, so online
-and batch answers are interchangeable); otherwise it queues the request and waits. The scoring
-and sampling stages run many prompts' coroutines at once, so when they all wait the queue holds
-one round of the work's dependencies (sampling: one round; judging: first helpfulness,
-logicality, statement listing and chunk extraction, then support grades and coverage, then
-re-asks): the queue is sent as one batch when no new request has come for ``idle_s``. A batch
-is uploaded as a JSONL file of requests (the ``custom_id`` is the request hash), created,
-polled with backoff, and its output and error files are read back: answers go to the call
-cache and to their waiters, with one ``llm_calls`` row each at the batch price.
+:class:`BatchCaller` has :class:`~tasks.llm.client.LLMClient`'s ``chat``: it is the judge in
+batch mode and the client of an endpoint policy in batch mode. ``chat`` answers from the call
+cache when it can (same key and request body as online: the answers are interchangeable), else
+queues the request. Stages run many prompts at once, so when all of them wait the queue holds
+one round of the work's dependencies (sampling: one; judging: first asks, then support grades
+and coverage, then re-asks); it goes out as one batch once no request came for ``idle_s``: a
+JSONL file (``custom_id`` = request hash), created, polled with backoff, its output and error
+files read back into the call cache and to the waiters, one ``llm_calls`` row each at the
+batch price.
 
-Durability: each batch is recorded in the lake's ``llm_batches`` table
-(:class:`~tasks.llm.batch_ledger.BatchLedger`) when it is created and when it ends. A rerun
-whose requests are carried by a batch without an end row collects that batch instead of
-submitting them again. Calls a batch did not answer (expired, failed, a 5xx or 429 line) are
-resubmitted, at most ``max_resubmits`` times; what still fails, and what the endpoint refused
-(a 4xx line), fails the call with a non-retryable error, which the judge's ``ask`` turns into a
-failed judgment with its reason, as online.
+Each batch is recorded in ``llm_batches`` when created and when it ends
+(:mod:`tasks.llm.batch_ledger`); whoever asks for a call an open batch carries collects that
+batch instead of submitting again. Calls a batch did not answer (expired, failed, 5xx or 429
+lines) are resubmitted at most ``max_resubmits`` times; what still fails, and what the
+endpoint refused (4xx), fails the call with a non-retryable error (a failed judgment).
 
 Handover: with ``handover_after_s`` set, a batch still running that long after this caller was
-made is not waited for: its waiters get :class:`~tasks.llm.errors.BatchPending` (the stage
-leaves their prompts for the next run) and the batch stays open in the lake. Waiting takes no
-per-call lease of the shared cache, so it blocks no other worker.
+made is not waited for: its waiters get :class:`~tasks.llm.errors.BatchPending` and the batch
+stays open for the next run. Waiting takes no lease of the shared cache: it blocks nobody.
 """
 
 from __future__ import annotations
