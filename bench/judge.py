@@ -9,7 +9,7 @@ the key points re-extracted per answer), and a second pass of ours over the same
 
     python bench/judge.py                        # defaults: 8 prompts x 10, L=0.2s, C=16
     python bench/judge.py --prompts 2 --latency 0.05
-    python bench/judge.py --mode batch           # online vs Batch API judging, same prompts
+    python bench/judge.py --mode batch           # online vs Batch API judging and sampling
 """
 
 from __future__ import annotations
@@ -92,12 +92,15 @@ def answers(prompt: DemoPrompt, k: int, rng: random.Random) -> list[str]:
     return out
 
 
+def prompt_rows(prompts: list[DemoPrompt]) -> list[dict]:
+    return [{"prompt_id": p.id, "source_uri": "bench://judge", "source_etag": "e",
+             "context": p.context, "query": p.query, "context_tokens": 0, "query_tokens": 0,
+             "tokenizer": "t", "run_id": "bench", "ingested_at": NOW} for p in prompts]
+
+
 def fill_lake(root: Path, prompts: list[DemoPrompt], k: int, seed: int) -> Lake:
     lake, rng = Lake(str(root)), random.Random(seed)
-    lake.upsert("prompts", [{
-        "prompt_id": p.id, "source_uri": "bench://judge", "source_etag": "e", "context": p.context,
-        "query": p.query, "context_tokens": 0, "query_tokens": 0, "tokenizer": "t",
-        "run_id": "bench", "ingested_at": NOW} for p in prompts])
+    lake.upsert("prompts", prompt_rows(prompts))
     lake.upsert("responses", [{
         "response_id": f"{p.id}-{i}", "prompt_id": p.id, "sample_index": i, "text": text,
         "policy_model": "m", "run_id": "bench", "created_at": NOW}
@@ -218,6 +221,51 @@ async def judged(lake: Lake, server: FakeOpenAI, cache: Path, args, batch: bool)
             "batches": stats.get("batches_submitted", 0)}
 
 
+async def sampled(root: Path, prompts: list[DemoPrompt], server: FakeOpenAI, args,
+                  batch: bool) -> dict:
+    """Sample K answers per prompt online or through the Batch API (fresh lake and cache)."""
+    from tasks.llm.batch import BatchCaller
+    from tasks.sample.policies import EndpointPolicy, SamplingParams
+    from tasks.sample.stage import sample_responses
+
+    lake = Lake(str(root))
+    lake.upsert("prompts", prompt_rows(prompts))
+    client = LLMClient(base_url=server.url, model="policy", role="policy",
+                       cache=root / "calls.sqlite", concurrency=args.concurrency,
+                       cost_per_mtok_in=args.price_in, cost_per_mtok_out=args.price_out)
+    caller = BatchCaller(client, lake, idle_s=0.2, poll_s=0.05, poll_max_s=0.2) if batch \
+        else client
+    started = time.perf_counter()
+    await sample_responses(lake, EndpointPolicy(caller), prompt_rows(prompts), args.answers,
+                           SamplingParams(), "bench", concurrency=len(prompts))
+    wall = time.perf_counter() - started
+    await caller.aclose()
+    calls = lake.read("llm_calls").to_pylist()
+    return {"wall": wall, "cost": sum(c["cost_usd"] or 0.0 for c in calls),
+            "calls": len(calls), "texts": {r["response_id"]: r["text"]
+                                           for r in lake.read("responses").to_pylist()}}
+
+
+def compare_policy_modes(args, prompts: list[DemoPrompt]) -> None:
+    def policy(request: dict) -> str:
+        return f"Answer drawn with seed {request['seed']}. " + "The figures moved. " * 60
+
+    with tempfile.TemporaryDirectory() as tmp, FakeBatchOpenAI(
+            policy, latency_s=args.latency, polls=2) as server:
+        out = {mode: asyncio.run(sampled(Path(tmp) / mode, prompts, server, args,
+                                         mode == "batch")) for mode in ("online", "batch")}
+        sizes = [len(b) for b in server.submitted]
+    on, off = out["online"], out["batch"]
+    n = len(prompts)
+    print(f"\n{'sampling, per prompt':<26}{'online':>12}{'batch':>12}{'batch/online':>14}")
+    for name, key, scale in (("policy calls (llm_calls)", "calls", n), ("cost (USD)", "cost", n),
+                             ("wall time (s, total)", "wall", 1)):
+        a, b = on[key] / scale, off[key] / scale
+        print(f"{name:<26}{a:>12.4g}{b:>12.4g}{b / a if a else float('nan'):>14.2f}")
+    print(f"policy batches submitted: {len(sizes)} (calls each: {sizes}); responses identical: "
+          f"{on['texts'] == off['texts']} ({len(on['texts'])} answers)")
+
+
 def compare_modes(args, prompts: list[DemoPrompt]) -> None:
     n = args.prompts
     with tempfile.TemporaryDirectory() as tmp, FakeBatchOpenAI(
@@ -260,6 +308,7 @@ def main() -> None:
     prompts = make_prompts(n, args.seed, args.context_words)
     if args.mode == "batch":
         compare_modes(args, prompts)
+        compare_policy_modes(args, prompts)
         return
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(responder,
                                                           latency_s=args.latency) as server:

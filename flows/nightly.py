@@ -92,6 +92,15 @@ def ensure_limits(settings: Settings) -> Settings:
         "policy_concurrency": max(1, min(settings.policy_concurrency, actual[POLICY_LIMIT]))})
 
 
+def held_slots(settings: Settings, stage: str) -> int:
+    """Slots of its limit a sample or score batch holds: its share, or none when its calls go
+    through the Batch API (they wait, for hours maybe, in the endpoint's batch queue, not on
+    the endpoint; online re-asks stay within the client's own concurrency)."""
+    if stage == "score":
+        return 0 if pipeline.batched(settings) else _share(settings.judge_concurrency)
+    return 0 if pipeline.policy_batched(settings) else _share(settings.policy_concurrency)
+
+
 def _batches(ids: list[str], size: int) -> list[list[str]]:
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
@@ -120,14 +129,15 @@ def plan_score_task(settings: Settings) -> list[str]:
 def sample_task(settings: Settings, run_id: str, prompt_ids: list[str],
                 input_version: int) -> dict:
     slots = _share(settings.policy_concurrency)
-    with hold_slots(POLICY_LIMIT, slots, _log()):
+    with hold_slots(POLICY_LIMIT, held_slots(settings, "sample"), _log()):
         report = pipeline.stage_sample(
             settings.model_copy(update={"policy_concurrency": slots}), run_id,
             prompt_ids=prompt_ids)
     if report.failed:
         raise RuntimeError(f"{len(report.failed)} prompts failed to sample, first: "
                            f"{report.failed[0][1]}")
-    return {"responses": report.responses_written, "skipped": report.responses_skipped}
+    return {"responses": report.responses_written, "skipped": report.responses_skipped,
+            "handed_over": report.handed_over}
 
 
 @task(name="score-batch", cache_key_fn=batch_cache_key, cache_expiration=timedelta(days=7),
@@ -137,14 +147,15 @@ def score_task(settings: Settings, run_id: str, prompt_ids: list[str],
     # The batch holds its share of the shared judge limit for its duration and keeps that many
     # calls in flight, so flows sharing an endpoint never exceed the limit together.
     slots = _share(settings.judge_concurrency)
-    with hold_slots(JUDGE_LIMIT, slots, _log()):
+    with hold_slots(JUDGE_LIMIT, held_slots(settings, "score"), _log()):
         report = pipeline.stage_score(
             settings.model_copy(update={"judge_concurrency": slots}), run_id,
             prompt_ids=prompt_ids)
     _log().info("score batch: %s", report.summary())
     return {"responses": report.responses, "ok": report.judgments_ok,
             "failed": report.judgments_failed, "judge_calls": report.judge_calls,
-            "tokens_in": report.tokens_in, "tokens_out": report.tokens_out}
+            "tokens_in": report.tokens_in, "tokens_out": report.tokens_out,
+            "handed_over": report.handed_over}
 
 
 @task(name="pair-and-publish", **RETRY)
@@ -229,13 +240,19 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
     to_sample = plan_sample_task(settings)
     retry = {"retries": settings.task_retries,
              "retry_delay_seconds": exponential_backoff(settings.task_retry_delay_s)}
+    if settings.batch_wait == "handover":  # a handed-over task is not done: never reuse it
+        retry["refresh_cache"] = True
+    # Batch API calls: many prompts per task, so one batch file carries them (not 16 a turn).
+    in_flight = settings.batch_prompts_in_flight
     sampled = sample_task.with_options(**retry).map(unmapped(settings), unmapped(run_id),
-                              _batches(to_sample, batch_prompts),
+                              _batches(to_sample, in_flight if pipeline.policy_batched(settings)
+                                       else batch_prompts),
                               unmapped(the_lake.version("prompts")))
     counts["sample"] = [s.result() for s in sampled]
     to_score = plan_score_task(settings)
     scored = score_task.with_options(**retry).map(unmapped(settings), unmapped(run_id),
-                            _batches(to_score, batch_prompts),
+                            _batches(to_score, in_flight if pipeline.batched(settings)
+                                     else batch_prompts),
                             unmapped(the_lake.version("responses")))
     counts["score"] = [s.result() for s in scored]
     counts["publish"] = pair_publish_task(settings, run_id)

@@ -38,8 +38,11 @@ def hold_slots(name: str, slots: int, logger: logging.Logger | logging.LoggerAda
 
     Free room is polled first, so a wait is ours to log (Prefect's own acquisition retries
     silently); the acquisition itself still times out and loops, for a race lost to
-    another run.
+    another run. ``slots <= 0`` holds nothing (and asks the API nothing).
     """
+    if slots <= 0:
+        yield
+        return
     started = last_said = time.monotonic()
     with contextlib.ExitStack() as stack:
         while True:

@@ -45,7 +45,7 @@ _NON_SEMANTIC = {"lake", "source", "catalog", "judge_base_url", "policy_base_url
 # How judge calls are paid for, not what they say (issue 14's batch settings).
 _NON_SEMANTIC |= {"judge_mode", "batch_price_factor", "batch_idle_s", "batch_poll_s",
                   "batch_poll_max_s", "batch_max_resubmits", "batch_prompts_in_flight",
-                  "batch_reasks_online"}
+                  "batch_reasks_online", "policy_mode", "batch_wait", "batch_handover_after_s"}
 
 
 class Settings(BaseSettings):
@@ -131,6 +131,15 @@ class Settings(BaseSettings):
     judge_mode: Literal["online", "batch"] = Field(
         "online", description="'batch': scoring sends its judge calls as batch files "
         "(OpenAI Batch API / vLLM run-batch format), round by round; same rewards, batch price.")
+    policy_mode: Literal["online", "batch"] = Field(
+        "online", description="'batch': an endpoint policy's sampling calls go as batch files "
+        "too (the same requests, so the same cache keys; batch price).")
+    batch_wait: Literal["block", "handover"] = Field(
+        "block", description="'handover': a stage does not wait for batches still running after "
+        "batch_handover_after_s; their prompts are left for the next run, which collects them.")
+    batch_handover_after_s: float = Field(
+        0.0, ge=0, description="With batch_wait='handover': how long a stage waits for its "
+        "batches before handing them over.")
     batch_price_factor: float = Field(
         0.5, ge=0.0, description="Batch price as a share of the online price (llm_calls cost).")
     batch_idle_s: float = Field(

@@ -37,13 +37,9 @@ def judge_from_settings(settings: Settings, run_id: str) -> Judge:
 
         client = LLMClient.from_settings(settings, "judge", run_id=run_id)
         if settings.judge_mode == "batch":
-            from tasks.llm.batch import BatchJudge
+            from tasks.llm.batch import BatchCaller
 
-            return BatchJudge(client, Lake(settings.lake), idle_s=settings.batch_idle_s,
-                              poll_s=settings.batch_poll_s, poll_max_s=settings.batch_poll_max_s,
-                              max_resubmits=settings.batch_max_resubmits,
-                              price_factor=settings.batch_price_factor,
-                              reasks_online=settings.batch_reasks_online)
+            return BatchCaller.from_settings(client, settings)
         return client
     return OfflineJudge(embedder_from_settings(settings))
 
@@ -51,6 +47,11 @@ def judge_from_settings(settings: Settings, run_id: str) -> Judge:
 def batched(settings: Settings) -> bool:
     """Judge calls go through the Batch API: score many prompts at once, one batch a round."""
     return settings.judge_mode == "batch" and bool(settings.judge_base_url)
+
+
+def policy_batched(settings: Settings) -> bool:
+    """Sampling calls go through the policy endpoint's Batch API: sample many prompts at once."""
+    return settings.policy_mode == "batch" and bool(settings.policy_base_url)
 
 
 def score_options(settings: Settings) -> ScoreOptions:
@@ -116,7 +117,8 @@ def stage_sample(settings: Settings, run_id: str,
     return run_sampling(lake, policy, todo, settings.samples_per_prompt,
                         SamplingParams.from_settings(settings), run_id,
                         template=settings.prompt_template, on_prompt=on_prompt,
-                        concurrency=settings.policy_concurrency)
+                        concurrency=settings.batch_prompts_in_flight
+                        if policy_batched(settings) else settings.policy_concurrency)
 
 
 def stage_score(settings: Settings, run_id: str,

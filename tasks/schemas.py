@@ -155,9 +155,9 @@ LLM_CALLS = _spec(
 
 LLM_BATCHES = _spec(
     "llm_batches", ("batch_id", "status"),
-    "one row per state a judge batch (OpenAI Batch API) reached: 'submitted' when created, "
-    "then its end ('completed', 'expired', 'failed', 'cancelled'); a batch without an end row "
-    "is still open, and a rerun collects it instead of submitting its calls again",
+    "one row per state a judge or policy batch (OpenAI Batch API) reached: 'submitted' when "
+    "created, then its end ('completed', 'expired', 'failed', 'cancelled'); a batch without an "
+    "end row is still open, and a rerun collects it instead of submitting its calls again",
     f("batch_id", pa.string(), nullable=False),
     f("status", pa.string(), nullable=False),
     f("input_file_id", pa.string()),
@@ -174,6 +174,7 @@ LLM_BATCHES = _spec(
     f("cost_usd", pa.float64()),                 # at the batch price (end rows)
     f("resubmit", pa.int32()),                   # 0 = first submission of these calls
     f("created_at", TS, nullable=False),
+    f("role", pa.string()),                      # judge | policy (added with policy batches)
 )
 
 PAIRS = _spec(

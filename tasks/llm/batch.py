@@ -1,48 +1,51 @@
-"""A judge that pays for its calls through a Batch API (OpenAI's, or vLLM's ``run-batch`` format).
+"""LLM calls paid for through a Batch API (OpenAI's, or vLLM's ``run-batch`` format).
 
-:class:`BatchJudge` has the :class:`~tasks.score.judge.Judge` interface. ``chat`` answers from
-the call cache when it can (same key as :class:`~tasks.llm.client.LLMClient`, so online and batch
-answers are interchangeable); otherwise it queues the request and waits. The scoring stage runs
-every prompt's coroutines at once, so when they all wait on the judge the queue holds one round
-of the method's dependency graph (first helpfulness, logicality, statement listing and chunk
-extraction; then support grades and coverage; then re-asks): the queue is sent as one batch when
-no new request has come for ``idle_s``. A batch is uploaded as a JSONL file of requests (the
-``custom_id`` is the request hash), created, polled with backoff, and its output and error
-files are read back: answers go to the call cache and to their waiters, with one ``llm_calls``
-row each at the batch price.
+:class:`BatchCaller` has :class:`~tasks.llm.client.LLMClient`'s ``chat``: it is the judge in
+batch mode and the client of an endpoint policy in batch mode. ``chat`` answers from the call
+cache when it can (same key and request body as online: the answers are interchangeable), else
+queues the request. Stages run many prompts at once, so when all of them wait the queue holds
+one round of the work's dependencies (sampling: one; judging: first asks, then support grades
+and coverage, then re-asks); it goes out as one batch once no request came for ``idle_s``: a
+JSONL file (``custom_id`` = request hash), created, polled with backoff, its output and error
+files read back into the call cache and to the waiters, one ``llm_calls`` row each at the
+batch price.
 
-Durability: each batch is recorded in the lake's ``llm_batches`` table when it is created and
-when it ends. A rerun whose requests are carried by a batch without an end row collects that
-batch instead of submitting them again. Calls a batch did not answer (expired, failed, a 5xx or
-429 line) are resubmitted, at most ``max_resubmits`` times; what still fails, and what the
-endpoint refused (a 4xx line), fails the call with a non-retryable error, which ``ask`` turns
-into a failed judgment with its reason, as online.
+Each batch is recorded in ``llm_batches`` when created and when it ends
+(:mod:`tasks.llm.batch_ledger`); whoever asks for a call an open batch carries collects that
+batch instead of submitting again. Calls a batch did not answer (expired, failed, 5xx or 429
+lines) are resubmitted at most ``max_resubmits`` times; what still fails, and what the
+endpoint refused (4xx), fails the call with a non-retryable error (a failed judgment).
+
+Handover: with ``handover_after_s`` set, a batch still running that long after this caller was
+made is not waited for: its waiters get :class:`~tasks.llm.errors.BatchPending` and the batch
+stays open for the next run. Waiting takes no lease of the shared cache: it blocks nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
-import openai
-import pyarrow.compute as pc
-
 from tasks.lake import Lake
-from tasks.llm.batch_files import ENDED, ENDPOINT, Outcome, batch_reason, read_line
+from tasks.llm.batch_api import BatchEndpoint
+from tasks.llm.batch_files import ENDED, ENDPOINT, Outcome, batch_reason
+from tasks.llm.batch_ledger import BatchLedger
 from tasks.llm.cache import canonical_json
-from tasks.llm.client import CallInfo, ChatResult, LLMClient, cached_result, chat_call
-from tasks.llm.errors import RETRYABLE_KINDS, LLMCallError, classify, reason_of
+from tasks.llm.client import (
+    CallInfo,
+    ChatResult,
+    LLMClient,
+    cached_result,
+    chat_body,
+    chat_call,
+)
+from tasks.llm.errors import BatchPending, LLMCallError
 
 log = logging.getLogger(__name__)
-
-
 
 @dataclass
 class _Pending:
@@ -52,19 +55,21 @@ class _Pending:
     queued: float  # perf_counter when first asked
 
 
-class BatchJudge:
-    """The judge of an :class:`LLMClient`'s endpoint, paid through its Batch API."""
+class BatchCaller:
+    """The chat calls of an :class:`LLMClient`'s endpoint, paid through its Batch API."""
 
     def __init__(self, client: LLMClient, lake: Lake | None = None, *, idle_s: float = 2.0,
                  poll_s: float = 30.0, poll_max_s: float = 600.0, max_resubmits: int = 2,
                  price_factor: float = 0.5, completion_window: str = "24h",
-                 reasks_online: bool = False):
-        if idle_s <= 0 or poll_s <= 0 or max_resubmits < 0 or price_factor < 0:
+                 reasks_online: bool = False, handover_after_s: float | None = None):
+        if idle_s <= 0 or poll_s <= 0 or max_resubmits < 0 or price_factor < 0 or (
+                handover_after_s is not None and handover_after_s < 0):
             raise ValueError("need idle_s > 0, poll_s > 0, max_resubmits >= 0, "
-                             "price_factor >= 0")
+                             "price_factor >= 0, handover_after_s >= 0")
         self.client = client
         self.model = client.model
-        self.lake = lake
+        self.endpoint = BatchEndpoint(client)
+        self.ledger = BatchLedger(lake, client.model, client.role, client.run_id)
         self.idle_s = idle_s
         self.poll_s = poll_s
         self.poll_max_s = max(poll_s, poll_max_s)
@@ -74,6 +79,8 @@ class BatchJudge:
         # re-asks after a protocol break are few but each costs a batch turnaround: online, a
         # night takes two rounds instead of up to 1 + attempts
         self.reasks_online = reasks_online
+        self.handover_after_s = handover_after_s
+        self._started = time.perf_counter()
         self._waiting: dict[str, _Pending] = {}   # every key somebody awaits
         self._queue: list[str] = []               # keys not sent yet
         self._timer: asyncio.TimerHandle | None = None
@@ -83,22 +90,40 @@ class BatchJudge:
         self._carried: dict[str, set[str]] = {}         # batch id -> keys, submitted here
         self._tasks: set[asyncio.Task] = set()
         self.batches_submitted = self.batches_collected = self.requests_submitted = 0
-        self.resubmitted = 0
+        self.resubmitted = self.handed_over = 0
+
+    @classmethod
+    def from_settings(cls, client: LLMClient, settings: Any) -> BatchCaller:
+        """The batch caller the ``batch_*`` settings describe, recording in the lake."""
+        return cls(client, Lake(settings.lake), idle_s=settings.batch_idle_s,
+                   poll_s=settings.batch_poll_s, poll_max_s=settings.batch_poll_max_s,
+                   max_resubmits=settings.batch_max_resubmits,
+                   price_factor=settings.batch_price_factor,
+                   reasks_online=settings.batch_reasks_online,
+                   handover_after_s=settings.batch_handover_after_s
+                   if settings.batch_wait == "handover" else None)
 
     def __repr__(self) -> str:
-        return f"BatchJudge(model={self.model!r}, base_url={self.client.base_url!r})"
+        return (f"BatchCaller(role={self.client.role!r}, model={self.model!r}, "
+                f"base_url={self.client.base_url!r})")
 
-    # -- the Judge interface -----------------------------------------------------------------
+    # -- the LLMClient (and Judge) interface ---------------------------------------------------
 
     async def chat(self, messages: list[dict], *, temperature: float, top_p: float,
-                   max_tokens: int, attempt: int = 0, purpose: str | None = None) -> ChatResult:
+                   max_tokens: int, seed: int | None = None, sample_index: int | None = None,
+                   attempt: int = 0, extra: Mapping[str, Any] | None = None,
+                   purpose: str | None = None) -> ChatResult:
+        """:meth:`LLMClient.chat`'s answer, through a batch (same cache key, same body)."""
         if attempt and self.reasks_online:
             return await self.client.chat(messages, temperature=temperature, top_p=top_p,
-                                          max_tokens=max_tokens, attempt=attempt,
-                                          purpose=purpose)
+                                          max_tokens=max_tokens, seed=seed,
+                                          sample_index=sample_index, attempt=attempt,
+                                          extra=extra, purpose=purpose)
         msgs = [dict(m) for m in messages]
         call = chat_call(self.model, self.client.role, msgs, temperature=temperature,
-                         top_p=top_p, max_tokens=max_tokens, attempt=attempt, purpose=purpose)
+                         top_p=top_p, max_tokens=max_tokens, seed=seed,
+                         sample_index=sample_index, attempt=attempt, extra=extra,
+                         purpose=purpose)
         started = time.perf_counter()
         pending = self._waiting.get(call.key)
         if pending is None:
@@ -120,8 +145,8 @@ class BatchJudge:
                                 result.tokens_out, 0.0, True, call.key)
             self._row(call, result, cached=True)
             return result
-        body = {"model": self.model, "messages": msgs, "temperature": temperature,
-                "top_p": top_p, "max_tokens": max_tokens}
+        body = {**chat_body(self.model, msgs, temperature=temperature, top_p=top_p,
+                            max_tokens=max_tokens, seed=seed), **(extra or {})}
         pending = _Pending(call, body, asyncio.get_running_loop().create_future(), started)
         self._waiting[call.key] = pending
         self._queue.append(call.key)
@@ -134,7 +159,8 @@ class BatchJudge:
     def stats(self) -> dict[str, int]:
         return {**self.client.stats(), "batches_submitted": self.batches_submitted,
                 "batches_collected": self.batches_collected,
-                "requests_submitted": self.requests_submitted, "resubmitted": self.resubmitted}
+                "requests_submitted": self.requests_submitted, "resubmitted": self.resubmitted,
+                "handed_over": self.handed_over}
 
     async def aclose(self) -> None:
         """Stop waiting (batches keep running at the endpoint: a rerun collects them)."""
@@ -149,7 +175,7 @@ class BatchJudge:
         self._queue.clear()
         await self.client.aclose()
 
-    async def __aenter__(self) -> BatchJudge:
+    async def __aenter__(self) -> BatchCaller:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -185,7 +211,7 @@ class BatchJudge:
             keys = await self._from_cache(keys)
             if not keys:
                 return
-            open_batches = await asyncio.to_thread(self._open_batches)
+            open_batches = await asyncio.to_thread(self.ledger.open_batches)
             open_batches += [(b, self._carried[b], 0) for b in self._collecting
                              if b in self._carried]
             carried: set[str] = set()
@@ -231,21 +257,17 @@ class BatchJudge:
             return
         lines = "".join(canonical_json({"custom_id": k, "method": "POST", "url": ENDPOINT,
                                         "body": self._waiting[k].body}) + "\n" for k in keys)
-        api = self._api()
-        upload = await self._retrying(lambda: api.files.create(
-            file=("judge-batch.jsonl", lines.encode(), "application/jsonl"), purpose="batch"))
-        batch = await self._retrying(lambda: api.batches.create(
-            input_file_id=upload.id, endpoint=ENDPOINT,
-            completion_window=self.completion_window))
+        batch_id, file_id = await self.endpoint.submit(lines, self.completion_window)
         self.batches_submitted += 1
-        self._carried[batch.id] = set(keys)
+        self._carried[batch_id] = set(keys)
         self.requests_submitted += len(keys)
         self.resubmitted += len(keys) if resubmit else 0
-        await asyncio.to_thread(self._log_batch, {
-            "batch_id": batch.id, "status": "submitted", "input_file_id": upload.id,
+        await asyncio.to_thread(self.ledger.record, {
+            "batch_id": batch_id, "status": "submitted", "input_file_id": file_id,
             "request_hashes": list(keys), "requests": len(keys), "resubmit": resubmit})
-        log.info("submitted batch %s: %d calls (resubmit %d)", batch.id, len(keys), resubmit)
-        self._collecting[batch.id] = self._spawn(self._collect(batch.id, resubmit))
+        log.info("submitted %s batch %s: %d calls (resubmit %d)", self.client.role, batch_id,
+                 len(keys), resubmit)
+        self._collecting[batch_id] = self._spawn(self._collect(batch_id, resubmit))
 
     async def _collect(self, batch_id: str, resubmit: int) -> None:
         """Wait for the batch to end, hand out its answers, resubmit what it did not answer."""
@@ -258,28 +280,18 @@ class BatchJudge:
             self._finishing.discard(asyncio.current_task())
 
     async def _collect_batch(self, batch_id: str, resubmit: int) -> None:
-        api = self._api()
         delay = self.poll_s
         while True:
-            try:
-                batch = await self._retrying(lambda: api.batches.retrieve(batch_id))
-            except LLMCallError as err:
-                if err.status_code != 404:
-                    raise
-                # the endpoint does not know it (a restarted vLLM, another account): lost
-                batch = SimpleNamespace(id=batch_id, status="failed", input_file_id=None,
-                                        output_file_id=None, error_file_id=None, errors=None)
+            batch = await self.endpoint.retrieve(batch_id)
             if batch.status in ENDED:
                 self._finishing.add(asyncio.current_task())
                 break
+            if self._handing_over():
+                await self._hand_over(batch_id)
+                return
             await asyncio.sleep(delay)
             delay = min(self.poll_max_s, delay * 1.5)
-        outcomes: list[Outcome] = []
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if file_id:
-                content = await self._retrying(lambda f=file_id: api.files.content(f))
-                outcomes += [read_line(json.loads(line)) for line in content.text.splitlines()
-                             if line.strip()]
+        outcomes = await self.endpoint.outcomes(batch)
         carried = await asyncio.to_thread(self._hashes_of, batch_id)
         seen = {o.key for o in outcomes}
         why = batch_reason(batch)
@@ -290,7 +302,7 @@ class BatchJudge:
                         for o in answered)
         tokens_out = sum((o.response.get("usage") or {}).get("completion_tokens") or 0
                          for o in answered)
-        await asyncio.to_thread(self._log_batch, {
+        await asyncio.to_thread(self.ledger.record, {
             "batch_id": batch_id, "status": batch.status, "input_file_id": batch.input_file_id,
             "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
             "request_hashes": sorted(carried), "requests": len(carried),
@@ -301,6 +313,23 @@ class BatchJudge:
             "resubmit": resubmit})
         if again:
             await self._submit(again, resubmit + 1)
+
+    def _handing_over(self) -> bool:
+        return self.handover_after_s is not None and \
+            time.perf_counter() - self._started >= self.handover_after_s
+
+    async def _hand_over(self, batch_id: str) -> None:
+        """Stop waiting for a running batch: its waiters learn that the next run collects it
+        (the batch keeps its open row; no end row is written)."""
+        keys = await asyncio.to_thread(self._hashes_of, batch_id)
+        log.info("batch %s still running: handed over to the next run", batch_id)
+        for key in keys:
+            pending = self._waiting.pop(key, None)
+            if pending is None or pending.future.done():
+                continue
+            self.handed_over += 1
+            pending.future.set_exception(BatchPending(batch_id, key))
+            pending.future.exception()  # retrieved: no warning when every waiter is gone
 
     async def _settle(self, outcomes: Iterable[Outcome], resubmit: int) -> list[str]:
         """Store answers and resolve their waiters; returns the keys to submit again."""
@@ -355,7 +384,7 @@ class BatchJudge:
         pending.future.exception()  # retrieved: no warning when every waiter is gone
 
     def _fail_all(self, keys: Iterable[str], err: Exception) -> None:
-        log.error("batch round of the judge failed: %s", err)
+        log.error("batch round of the %s failed: %s", self.client.role, err)
         kind = err.kind if isinstance(err, LLMCallError) else "api_error"
         for key in keys:
             self._fail(key, LLMCallError(str(err), kind=kind, attempts=1, request_hash=key))
@@ -365,50 +394,14 @@ class BatchJudge:
                             cached=cached, status="ok", finish_reason=result.finish_reason,
                             price_factor=self.price_factor)
 
-    # -- the endpoint and the lake -----------------------------------------------------------
-
-    def _api(self) -> openai.AsyncOpenAI:
-        return self.client._bind()[0]
-
-    async def _retrying(self, send: Any) -> Any:
-        """One Batch API request with the client's retry budget for transient failures."""
-        for attempt in range(self.client.max_retries + 1):
-            try:
-                return await send()
-            except (openai.APIError, TimeoutError) as exc:
-                kind, status, retry_after = classify(exc)
-                if kind not in RETRYABLE_KINDS or attempt == self.client.max_retries:
-                    raise LLMCallError(reason_of(exc), kind=kind, attempts=attempt + 1,
-                                       request_hash="", status_code=status) from exc
-                await asyncio.sleep(self.client._delay(attempt, retry_after))
-        raise AssertionError("unreachable")
-
-    def _open_batches(self) -> list[tuple[str, set[str], int]]:
-        """(batch id, request hashes, resubmit) of this model's batches without an end row."""
-        if self.lake is None:
-            return []
-        rows = self.lake.read("llm_batches", columns=["batch_id", "status", "model",
-                                                     "request_hashes", "resubmit"]).to_pylist()
-        ended = {r["batch_id"] for r in rows if r["status"] in ENDED}
-        return [(r["batch_id"], set(r["request_hashes"] or []), r["resubmit"] or 0) for r in rows
-                if r["status"] == "submitted" and r["model"] == self.model
-                and r["batch_id"] not in ended]
-
     def _hashes_of(self, batch_id: str) -> set[str]:
-        """The calls a batch carries: what this judge submitted, or what the lake recorded."""
-        if batch_id in self._carried or self.lake is None:
-            return self._carried.get(batch_id, set())
-        rows = self.lake.read("llm_batches", columns=["batch_id", "request_hashes"],
-                              filter=pc.field("batch_id") == batch_id).to_pylist()
-        return {h for r in rows for h in (r["request_hashes"] or [])}
+        """The calls a batch carries: what this caller submitted, or what the lake recorded."""
+        if batch_id in self._carried:
+            return self._carried[batch_id]
+        return self.ledger.hashes_of(batch_id)
 
-    def _log_batch(self, row: dict[str, Any]) -> None:
-        if self.lake is not None:
-            self.lake.upsert("llm_batches", [{
-                "output_file_id": None, "error_file_id": None, "succeeded": None,
-                "failed": None, "tokens_in": None, "tokens_out": None, "cost_usd": None,
-                **row, "model": self.model, "run_id": self.client.run_id,
-                "created_at": datetime.now(UTC)}])
+
+BatchJudge = BatchCaller  # the name the judge side has used since batch judging came
 
 
 def _ms(started: float) -> float:

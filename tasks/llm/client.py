@@ -116,6 +116,17 @@ def chat_call(model: str, role: str, messages: list[dict[str, Any]], *, temperat
                     temperature, max_tokens)
 
 
+def chat_body(model: str, messages: list[dict[str, Any]], *, temperature: float, top_p: float,
+              max_tokens: int, seed: int | None = None) -> dict[str, Any]:
+    """The JSON body of a chat request, the same online and in a batch file line (where
+    ``extra`` fields are merged in, as the ``openai`` package merges ``extra_body``)."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature,
+                            "top_p": top_p, "max_tokens": max_tokens}
+    if seed is not None:
+        body["seed"] = seed
+    return body
+
+
 def cached_result(hit: Mapping[str, Any], key: str, latency_ms: float) -> ChatResult:
     """A :class:`ChatResult` from a call cache entry."""
     usage = hit.get("usage") or {}
@@ -276,11 +287,8 @@ class LLMClient:
                          seed: int | None, extra: Mapping[str, Any] | None,
                          started: float) -> ChatResult:
         key = call.key
-        body: dict[str, Any] = {"model": self.model, "messages": messages,
-                                "temperature": call.temperature, "top_p": top_p,
-                                "max_tokens": call.max_tokens}
-        if seed is not None:
-            body["seed"] = seed
+        body = chat_body(self.model, messages, temperature=call.temperature, top_p=top_p,
+                         max_tokens=call.max_tokens, seed=seed)
         if extra:
             body["extra_body"] = dict(extra)
         resp, attempts = await self._call(call, started,

@@ -28,6 +28,17 @@ class LLMCallError(RuntimeError):
         self.status_code = status_code
 
 
+class BatchPending(Exception):
+    """A call whose batch is still running when the stage hands the wait over
+    (``batch_wait = "handover"``): neither a verdict nor a failure. The batch stays recorded as
+    open in ``llm_batches``; the next run collects it instead of submitting the call again."""
+
+    def __init__(self, batch_id: str, request_hash: str):
+        super().__init__(f"batch {batch_id} is still running: handed over to the next run")
+        self.batch_id = batch_id
+        self.request_hash = request_hash
+
+
 def classify(exc: BaseException) -> tuple[str, int | None, float | None]:
     """(kind, HTTP status, Retry-After seconds) of a failed attempt."""
     if isinstance(exc, TimeoutError | openai.APITimeoutError):

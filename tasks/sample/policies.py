@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.backends import require_backends
 from tasks.config import Settings
@@ -37,6 +37,9 @@ from tasks.sample.base import (  # noqa: F401 - re-exported: the names callers i
 )
 from tasks.sample.offline import OfflinePolicy
 
+if TYPE_CHECKING:
+    from tasks.llm.batch import BatchCaller
+
 log = logging.getLogger(__name__)
 
 # -- an OpenAI-compatible endpoint -------------------------------------------------------------
@@ -44,9 +47,11 @@ log = logging.getLogger(__name__)
 
 class EndpointPolicy(Policy):
     """K separate chat calls, concurrently; call i carries ``sample_index=i`` and its own seed,
-    so the K samples are K distinct cache keys (and a rerun replays them from the cache)."""
+    so the K samples are K distinct cache keys (and a rerun replays them from the cache).
+    ``client`` is an :class:`LLMClient` or, to pay through the Batch API, a
+    :class:`~tasks.llm.batch.BatchCaller` (the same requests, hence the same cache keys)."""
 
-    def __init__(self, client: LLMClient):
+    def __init__(self, client: LLMClient | BatchCaller):
         self.client = client
         self.model = client.model
 
@@ -233,7 +238,12 @@ def policy_from_settings(settings: Settings, *, run_id: str | None = None) -> Po
     require_backends(settings, "sample")
     name = str(settings.policy_model)
     if settings.policy_base_url:
-        return EndpointPolicy(LLMClient.from_settings(settings, "policy", run_id=run_id))
+        client = LLMClient.from_settings(settings, "policy", run_id=run_id)
+        if settings.policy_mode == "batch":
+            from tasks.llm.batch import BatchCaller
+
+            return EndpointPolicy(BatchCaller.from_settings(client, settings))
+        return EndpointPolicy(client)
     if name.startswith("vllm:"):
         return VLLMPolicy(name.removeprefix("vllm:"))
     if Path(name).expanduser().is_dir():

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tasks.lake import Lake
+from tasks.llm.errors import BatchPending
 from tasks.sample.base import Policy, Sample, SamplingParams
 from tasks.sample.layout import build_messages
 
@@ -49,12 +50,15 @@ class SampleReport:
     calls_logged: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    handed_over: int = 0  # prompts whose policy batch still runs: the next run collects it
 
     def summary(self) -> str:
         failed = f", {len(self.failed)} prompts failed" if self.failed else ""
+        waiting = (f", {self.handed_over} prompts wait on policy batches"
+                   if self.handed_over else "")
         return (f"{self.prompts} prompts ({self.prompts_skipped} already sampled): "
                 f"{self.responses_written} responses written, {self.responses_skipped} skipped"
-                f"{failed}, policy {self.policy_model} in {self.seconds:.1f}s")
+                f"{failed}{waiting}, policy {self.policy_model} in {self.seconds:.1f}s")
 
 
 def response_id(prompt_id: str, policy_model: str, params_json: str, template: str | None,
@@ -154,6 +158,9 @@ async def sample_responses(lake: Lake, policy: Policy, prompts: Sequence[Mapping
                     samples = await (policy.generate(pid, messages, k, params)
                                      if len(missing) == k else
                                      policy.generate(pid, messages, k, params, indices=missing))
+                except BatchPending:  # not a failure: the next run collects the batch
+                    report.handed_over += 1
+                    samples = []
                 except Exception as exc:  # one prompt's failure does not stop the others
                     result.error = f"{type(exc).__name__}: {exc}"[:500]
                     report.failed.append((pid, result.error))

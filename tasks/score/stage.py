@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from tasks.chunking import chunk_by_tokens
 from tasks.embeddings import Embedder
 from tasks.lake import Lake
+from tasks.llm.errors import BatchPending
 from tasks.retrieval import SegmentIndex
 from tasks.schemas import DIMENSIONS
 from tasks.score.completeness import (
@@ -63,12 +64,15 @@ class ScoreReport:
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    handed_over: int = 0  # prompts left unscored: their judge batch still runs (next run)
 
     def summary(self) -> str:
+        waiting = (f", {self.handed_over} prompts wait on judge batches (the next run "
+                   f"collects them)") if self.handed_over else ""
         return (f"{self.responses} responses of {self.prompts} prompts scored "
                 f"({self.skipped} already done): {self.judgments_ok} judgments ok, "
                 f"{self.judgments_failed} failed, {self.judge_calls} judge calls, "
-                f"{self.seconds:.1f}s")
+                f"{self.seconds:.1f}s{waiting}")
 
 
 @dataclass
@@ -223,8 +227,13 @@ async def score_pending(lake: Lake, judge: Judge, embedder: Embedder, options: S
 
     async def one(prompt_id: str) -> None:
         async with gate:
-            scores = await score_prompt(judge, embedder, prompt_rows[prompt_id], todo[prompt_id],
-                                        options, run_id, known.get(prompt_id))
+            try:
+                scores = await score_prompt(judge, embedder, prompt_rows[prompt_id],
+                                            todo[prompt_id], options, run_id,
+                                            known.get(prompt_id))
+            except BatchPending:  # not a verdict: nothing is written, the next run collects
+                report.handed_over += 1
+                return
         report.responses += len(todo[prompt_id])
         report.extraction_calls += scores.extraction_calls
         report.judge_calls += scores.usage.calls

@@ -59,6 +59,14 @@ class FakeBatchOpenAI(FakeOpenAI):
             for state in self.batches.values():
                 state["script"] = replace(state["script"], polls=0)
 
+    def finish(self) -> None:
+        """End every open batch now, as scripted (a night has passed)."""
+        with self._lock:
+            for state in self.batches.values():
+                if state["batch"]["status"] in ("validating", "in_progress"):
+                    self._finish(state)
+        self.release()
+
     # -- used by the handler ---------------------------------------------------------------
 
     def upload(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:

@@ -222,7 +222,7 @@ def test_a_recorded_batch_the_endpoint_does_not_know_is_resubmitted(tmp_path):
         judge = _judge(server, tmp_path, lake, True)
         msgs = [{"role": "user", "content": "question"}]
         key = chat_call("judge", "judge", msgs, temperature=0.0, top_p=1.0, max_tokens=8).key
-        judge._log_batch({"batch_id": "batch-gone", "status": "submitted", "resubmit": 0,
+        judge.ledger.record({"batch_id": "batch-gone", "status": "submitted", "resubmit": 0,
                           "request_hashes": [key], "requests": 1})
 
         async def go():
