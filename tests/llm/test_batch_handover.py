@@ -30,7 +30,8 @@ NEVER = 10_000  # retrieves a batch stays in each state: it does not end by itse
 
 def _settings(lake: Lake, url: str, **kw) -> Settings:
     return Settings(lake=lake.root, judge_base_url=url, judge_model="judge",
-                    embeddings_base_url=url, chunk_tokens=512, judge_statements_max_tokens=40,
+                    embeddings_base_url=url, embeddings_model="embed", chunk_tokens=512,
+                    judge_statements_max_tokens=40,
                     judge_mode="batch", batch_wait="handover", batch_idle_s=0.2,
                     batch_poll_s=0.01, batch_poll_max_s=0.02, **kw)
 

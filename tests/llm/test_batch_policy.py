@@ -46,7 +46,8 @@ def prompts_lake(tmp, ids=("p", "q")) -> Lake:
 def settings_for(lake: Lake, url: str, **kw) -> Settings:
     return Settings(lake=lake.root, policy_base_url=url, policy_model="pol",
                     samples_per_prompt=K, pair_min_answers=2, judge_base_url=url,
-                    judge_model="judge", embeddings_base_url=url, chunk_tokens=512,
+                    judge_model="judge", embeddings_base_url=url, embeddings_model="embed",
+                    chunk_tokens=512,
                     judge_statements_max_tokens=40, policy_cost_per_mtok_in=1.0,
                     policy_cost_per_mtok_out=4.0, batch_idle_s=0.2, batch_poll_s=0.01,
                     batch_poll_max_s=0.02, max_retries=1, **kw)
