@@ -22,7 +22,7 @@ def invoke(*args: str, **env: str):
 def source(tmp_path: Path) -> Path:
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "p.jsonl").write_bytes(jsonl([p.record() for p in make_prompts(2, seed=3)]))
+    (folder / "p.jsonl").write_bytes(jsonl([p.record() for p in make_prompts(1, seed=3)]))
     return folder
 
 
