@@ -149,7 +149,7 @@ def _judge_limit_with_room(slots: int) -> None:
 
 
 def test_killed_mid_scoring_rerun_repeats_no_call(prefect_api, s3_endpoint, tmp_path):
-    src = _demo_source(4)
+    src = _demo_source(2)
     _judge_limit_with_room(16)   # the runs use judge_concurrency 4: 2 batches x 2 slots
     with FakeOpenAI(judge_reply, latency_s=0.02) as judge, \
             FakeOpenAI(judge_reply) as reference_judge:
@@ -158,7 +158,7 @@ def test_killed_mid_scoring_rerun_repeats_no_call(prefect_api, s3_endpoint, tmp_
                                 env=_flow_env(prefect_api, judge), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.time() + 240
-        while judge.by_path.get("/v1/chat/completions", 0) < 60:
+        while judge.by_path.get("/v1/chat/completions", 0) < 24:
             assert proc.poll() is None, "the flow ended before it was killed"
             assert time.time() < deadline
             time.sleep(0.05)
@@ -167,7 +167,7 @@ def test_killed_mid_scoring_rerun_repeats_no_call(prefect_api, s3_endpoint, tmp_
         finished = _cached_hashes(Path(killed) / "llm_cache.sqlite")
         asked_before = len(judge.bodies)
         partial = Lake(killed).count("judgments")
-        assert len(finished) > 0 and partial < 4 * 4 * 4
+        assert len(finished) > 0 and partial < 2 * 4 * 4
 
         subprocess.run([sys.executable, "-c", RUN, killed, src], cwd=ROOT, check=True,
                        env=_flow_env(prefect_api, judge), capture_output=True)
@@ -180,7 +180,7 @@ def test_killed_mid_scoring_rerun_repeats_no_call(prefect_api, s3_endpoint, tmp_
         subprocess.run([sys.executable, "-c", RUN, whole, src], cwd=ROOT, check=True,
                        env=_flow_env(prefect_api, reference_judge), capture_output=True)
     assert _counts(Lake(killed)) == _counts(Lake(whole))
-    assert Lake(killed).count("judgments") == 4 * 4 * 4
+    assert Lake(killed).count("judgments") == 2 * 4 * 4
     # killed + rerun paid at most the calls in flight at the kill more than one clean run
     paid, clean = (j.by_path["/v1/chat/completions"] for j in (judge, reference_judge))
     assert clean <= paid <= clean + judge.max_in_flight
