@@ -136,16 +136,18 @@ def test_nightly_and_triggered_training_run_on_workers(server, tmp_path):
         assert "{{" not in json.dumps([d["job_variables"], d["parameters"], d["pull_steps"]])
 
     port = _free_port()
-    model = subprocess.Popen([sys.executable, "-m", "tests.fakes.scripted_model", "--port",
-                              str(port)], cwd=ROOT, env=_base_env(tmp_path / "model-home"))
-    url = f"http://127.0.0.1:{port}/v1"
-    cpu = _worker("longreward-cpu", tmp_path / "cpu-home", server, scratch, lake=str(lake),
-                  source=str(source), judge_base_url=url, judge_model="scripted-judge",
-                  policy_base_url=url, policy_model="scripted-policy", embeddings_base_url=url,
-                  embeddings_model="scripted-embed", samples_per_prompt="5")
-    gpu = _worker("longreward-gpu", tmp_path / "gpu-home", server, scratch, lake=str(lake),
-                  base_model=base)
-    try:
+    with contextlib.ExitStack() as running:   # every process started here is stopped
+        model = subprocess.Popen([sys.executable, "-m", "tests.fakes.scripted_model", "--port",
+                                  str(port)], cwd=ROOT, env=_base_env(tmp_path / "model-home"))
+        running.callback(_stop, model)
+        url = f"http://127.0.0.1:{port}/v1"
+        running.callback(_stop, _worker(
+            "longreward-cpu", tmp_path / "cpu-home", server, scratch, lake=str(lake),
+            source=str(source), judge_base_url=url, judge_model="scripted-judge",
+            policy_base_url=url, policy_model="scripted-policy", embeddings_base_url=url,
+            embeddings_model="scripted-embed", samples_per_prompt="5"))
+        running.callback(_stop, _worker("longreward-gpu", tmp_path / "gpu-home", server,
+                                        scratch, lake=str(lake), base_model=base))
         # A run whose settings lack a backend fails before any work, naming the setting.
         refused = subprocess.run(
             [*PREFECT, "deployment", "run", "nightly-refresh/nightly-refresh", "--param",
@@ -166,9 +168,6 @@ def test_nightly_and_triggered_training_run_on_workers(server, tmp_path):
         training = _wait_terminal(server, "train-dpo/train-dpo", 1)[0]
         assert training["state"]["type"] == "COMPLETED", (
             (tmp_path / "gpu-home" / "longreward-gpu.log").read_text()[-3000:])
-    finally:
-        for proc in (cpu, gpu, model):
-            _stop(proc)
 
     the_lake = Lake(str(lake))
     dataset = the_lake.read("datasets").to_pylist()[-1]
