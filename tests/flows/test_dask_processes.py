@@ -65,8 +65,8 @@ def cluster(prefect_api: str, s3_endpoint: str, tmp_path_factory) -> Iterator[Cl
 @pytest.fixture(scope="module")
 def lake_bucket(s3_endpoint: str) -> str:
     name = f"dask-{uuid.uuid4().hex[:10]}"
-    storage.s3_client().create_bucket(Bucket=name)
     client = storage.s3_client()
+    client.create_bucket(Bucket=name)
     prompts = demo_data.make_prompts(PROMPTS, seed=7)
     client.put_object(Bucket=name, Key="in/batch.jsonl",
                       Body=demo_data.jsonl([p.record() for p in prompts]))
@@ -234,3 +234,15 @@ def test_cached_batches_live_in_the_lake(killed_run, tmp_path):
     assert [s.name for s in states] == ["Cached"] * PROMPTS
     assert [s.result() for s in states] == killed_run["out"]["score"]
     assert not (tmp_path / "nothing-local").exists()
+
+
+def test_tasks_carry_the_runs_temporary_api_to_their_workers():
+    """A run without PREFECT_API_URL owns a temporary API; the settings each task carries to
+    a Dask worker name it, so the worker does not start a temporary API of its own."""
+    from prefect.context import serialize_context
+
+    from flows.api import named_in_settings
+
+    with named_in_settings("http://127.0.0.1:4200/api"):
+        sent = serialize_context()["settings_context"]
+    assert sent["settings"]["api"]["url"] == "http://127.0.0.1:4200/api"
