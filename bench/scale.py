@@ -2,8 +2,10 @@
 
 1. Scoring throughput with 1, 2 and 4 worker *processes* over one lake, against a scripted
    endpoint with a fixed latency whose concurrency exceeds what one process drives (each
-   process keeps ``--per-process`` calls in flight). The workers split the prompts and share
-   the lake's call cache and table leases.
+   process keeps ``--per-process`` calls in flight). The workers share the lake's call cache
+   and table leases. Twice: plain processes that split the prompts between them, and a Dask
+   cluster of single-threaded worker processes fed one batch of prompts per task (as the
+   nightly flow's Dask runner does; the cluster's start is not timed).
 2. The cost of a call-cache lookup: the local SQLite front, the shared store on a folder and on
    S3 (moto's server on loopback), and a miss.
 3. A year of nights: ``--nights`` nightly commits of realistic size (new prompts, 10 answers
@@ -12,6 +14,7 @@
 
     python bench/scale.py                         # all three, defaults
     python bench/scale.py --only year --nights 365 --prompts-per-night 100
+    python bench/scale.py --only dask --batch 2
 """
 
 from __future__ import annotations
@@ -41,31 +44,52 @@ from tests.score.test_real_judges import PROMPTS, varied_judge  # noqa: E402
 from tests.score.test_scoring import _lake_with  # noqa: E402
 
 WORKER = """
-import asyncio, json, sys
-from tasks.embeddings import EndpointEmbedder
-from tasks.lake import Lake
-from tasks.llm.cache import SharedCallCache
-from tasks.llm.client import LLMClient
-from tasks.score.stage import ScoreOptions, score_pending
-lake, url, front, ids, concurrency = Lake(sys.argv[1]), sys.argv[2], sys.argv[3], \\
-    json.loads(sys.argv[4]), int(sys.argv[5])
-async def go():
-    cache = SharedCallCache(front, lake.root + "/cache")
-    async with LLMClient(base_url=url, model="judge", cache=cache, concurrency=concurrency) as j, \\
-            LLMClient(base_url=url, model="e", role="embeddings", cache=cache) as e:
-        r = await score_pending(lake, j, EndpointEmbedder(e), ScoreOptions(
-            chunk_tokens=1024, prompts_in_flight=max(1, concurrency // 4)), "bench",
-            prompt_ids=ids)
-        print(json.dumps({"responses": r.responses, "calls": r.judge_calls}))
-asyncio.run(go())
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from scale import score_batch
+print(json.dumps(score_batch(*sys.argv[2:5], json.loads(sys.argv[5]), int(sys.argv[6]))))
 """
+
+
+def score_batch(lake_root: str, url: str, front: str, ids: list[str],
+                concurrency: int) -> dict:
+    """Score ``ids`` in this process, as one worker of the lake (plain process or Dask)."""
+    import asyncio
+
+    from tasks.embeddings import EndpointEmbedder
+    from tasks.llm.client import LLMClient
+    from tasks.score.stage import ScoreOptions, score_pending
+
+    lake = Lake(lake_root)
+
+    async def go() -> dict:
+        cache = SharedCallCache(front, lake.root + "/cache")
+        async with LLMClient(base_url=url, model="judge", cache=cache,
+                             concurrency=concurrency) as judge, \
+                LLMClient(base_url=url, model="e", role="embeddings", cache=cache) as embed:
+            r = await score_pending(lake, judge, EndpointEmbedder(embed), ScoreOptions(
+                chunk_tokens=1024, prompts_in_flight=max(1, concurrency // 4)), "bench",
+                prompt_ids=ids)
+        return {"responses": r.responses, "calls": r.judge_calls}
+
+    return asyncio.run(go())
+
+
+def _answers(args: argparse.Namespace) -> dict[str, list[str]]:
+    specs = [s.text() for s in PROMPTS["p"][:5] + PROMPTS["q"][:5]]
+    return {f"p{i:03d}": specs for i in range(args.score_prompts)}
+
+
+def _said(n: int, how: str, responses: int, seconds: float, server: FakeOpenAI) -> None:
+    print(f"{n} {how}: {responses} answers in {seconds:6.1f}s = "
+          f"{responses / seconds:6.2f} answers/s, {server.requests_total} requests, "
+          f"max in flight {server.max_in_flight}, repeated {server.repeated_requests}")
 
 
 def bench_workers(args: argparse.Namespace) -> None:
     print(f"== scoring with worker processes (latency {args.latency}s, "
           f"{args.per_process} calls in flight per process) ==")
-    specs = [s.text() for s in PROMPTS["p"][:5] + PROMPTS["q"][:5]]
-    answers = {f"p{i:03d}": specs for i in range(args.score_prompts)}
+    answers = _answers(args)
     for n in (1, 2, 4):
         with tempfile.TemporaryDirectory() as tmp, \
                 FakeOpenAI(varied_judge, latency_s=args.latency) as server:
@@ -74,15 +98,43 @@ def bench_workers(args: argparse.Namespace) -> None:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             started = time.perf_counter()
             procs = [subprocess.Popen(
-                [sys.executable, "-c", WORKER, lake.root, server.url, f"{tmp}/front-{w}.sqlite",
-                 json.dumps(ids[w::n]), str(args.per_process)], env=env, cwd=ROOT,
-                stdout=subprocess.PIPE, text=True) for w in range(n)]
+                [sys.executable, "-c", WORKER, str(ROOT / "bench"), lake.root, server.url,
+                 f"{tmp}/front-{w}.sqlite", json.dumps(ids[w::n]), str(args.per_process)],
+                env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                for w in range(min(n, len(ids)))]
             outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-            seconds = time.perf_counter() - started
-            responses = sum(o["responses"] for o in outs)
-            print(f"{n} process(es): {responses} answers in {seconds:6.1f}s = "
-                  f"{responses / seconds:6.2f} answers/s, {server.requests_total} requests, "
-                  f"max in flight {server.max_in_flight}, repeated {server.repeated_requests}")
+            _said(n, "process(es)", sum(o["responses"] for o in outs),
+                  time.perf_counter() - started, server)
+
+
+def _dask_batch(lake_root: str, url: str, front_dir: str, ids: list[str],
+                concurrency: int) -> dict:
+    """One task on a Dask worker: its process keeps one call-cache front."""
+    return score_batch(lake_root, url, f"{front_dir}/front-{os.getpid()}.sqlite", ids,
+                       concurrency)
+
+
+def bench_dask(args: argparse.Namespace) -> None:
+    from distributed import Client, LocalCluster
+
+    print(f"== scoring on a Dask cluster of worker processes (latency {args.latency}s, "
+          f"{args.per_process} calls in flight per process, {args.batch} prompts a task) ==")
+    answers = _answers(args)
+    for n in (1, 2, 4):
+        with tempfile.TemporaryDirectory() as tmp, \
+                FakeOpenAI(varied_judge, latency_s=args.latency) as server, \
+                LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                             dashboard_address=None) as cluster, Client(cluster) as client:
+            lake = _lake_with(Path(tmp), answers, context_words=600)
+            ids = sorted(answers)
+            batches = [ids[i:i + args.batch] for i in range(0, len(ids), args.batch)]
+            started = time.perf_counter()
+            futures = client.map(_dask_batch, [lake.root] * len(batches),
+                                 [server.url] * len(batches), [tmp] * len(batches), batches,
+                                 [args.per_process] * len(batches), pure=False)
+            outs = client.gather(futures)
+            _said(n, "Dask worker process(es)", sum(o["responses"] for o in outs),
+                  time.perf_counter() - started, server)
 
 
 def _lookup_ms(cache: SharedCallCache, keys: list[str]) -> float:
@@ -197,16 +249,17 @@ def bench_year(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["workers", "lookups", "year"])
+    parser.add_argument("--only", choices=["workers", "dask", "lookups", "year"])
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--per-process", type=int, default=8)
     parser.add_argument("--score-prompts", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=2, help="Prompts per Dask task.")
     parser.add_argument("--lookups", type=int, default=300)
     parser.add_argument("--nights", type=int, default=365)
     parser.add_argument("--prompts-per-night", type=int, default=50)
     args = parser.parse_args()
-    for name, run in (("workers", bench_workers), ("lookups", bench_lookups),
-                      ("year", bench_year)):
+    for name, run in (("workers", bench_workers), ("dask", bench_dask),
+                      ("lookups", bench_lookups), ("year", bench_year)):
         if args.only in (None, name):
             run(args)
 

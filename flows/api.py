@@ -50,7 +50,21 @@ def configured_api() -> str | None:
 
 def owns_temporary_api() -> bool:
     """True while this process runs its own temporary API (so it may reclaim lapsed slots)."""
-    return _owned is not None and configured_api() is None
+    return _owned is not None and configured_api() in (None, _owned.api_url)
+
+
+@contextlib.contextmanager
+def named_in_settings(api_url: str | None) -> Iterator[None]:
+    """Name the temporary API in the run's settings, which Prefect sends along with each task:
+    a task run by another process (a Dask worker) then reports to it, instead of starting a
+    temporary API of its own where no limit of this run exists."""
+    if api_url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        yield
 
 
 @contextlib.contextmanager

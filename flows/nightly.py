@@ -23,7 +23,13 @@ from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows.api import owns_temporary_api, signals_stop_the_run, temporary_api
+from flows.api import (
+    named_in_settings,
+    owns_temporary_api,
+    signals_stop_the_run,
+    temporary_api,
+)
+from flows.results import result_storage
 from flows.slots import hold_slots, reclaim_lapsed_slots
 from tasks import catalog, pipeline
 from tasks.backends import require_backends
@@ -238,19 +244,21 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
     counts: dict[str, Any] = {"run_id": run_id, "ingest": ingest_task(settings, run_id)}
     the_lake = Lake(settings.lake)
     to_sample = plan_sample_task(settings)
-    retry = {"retries": settings.task_retries,
-             "retry_delay_seconds": exponential_backoff(settings.task_retry_delay_s)}
+    batch = {"retries": settings.task_retries,
+             "retry_delay_seconds": exponential_backoff(settings.task_retry_delay_s),
+             # cached batches live in the lake: a rerun on any machine finds them
+             "result_storage": result_storage(settings.lake)}
     if settings.batch_wait == "handover":  # a handed-over task is not done: never reuse it
-        retry["refresh_cache"] = True
+        batch["refresh_cache"] = True
     # Batch API calls: many prompts per task, so one batch file carries them (not 16 a turn).
     in_flight = settings.batch_prompts_in_flight
-    sampled = sample_task.with_options(**retry).map(unmapped(settings), unmapped(run_id),
+    sampled = sample_task.with_options(**batch).map(unmapped(settings), unmapped(run_id),
                               _batches(to_sample, in_flight if pipeline.policy_batched(settings)
                                        else batch_prompts),
                               unmapped(the_lake.version("prompts")))
     counts["sample"] = [s.result() for s in sampled]
     to_score = plan_score_task(settings)
-    scored = score_task.with_options(**retry).map(unmapped(settings), unmapped(run_id),
+    scored = score_task.with_options(**batch).map(unmapped(settings), unmapped(run_id),
                             _batches(to_score, in_flight if pipeline.batched(settings)
                                      else batch_prompts),
                             unmapped(the_lake.version("responses")))
@@ -273,5 +281,5 @@ def run_nightly(task_runner: str | None = None, **parameters: Any) -> dict:
     settings = load_settings(parameters.get("config"), lake=parameters.get("lake"),
                              **(parameters.get("overrides") or {}))
     runner = task_runner_for(task_runner or settings.task_runner)
-    with signals_stop_the_run(), temporary_api():
+    with signals_stop_the_run(), temporary_api() as api_url, named_in_settings(api_url):
         return nightly_refresh.with_options(task_runner=runner)(**parameters)

@@ -121,6 +121,8 @@ def write_catalog(lake: Lake, path: str) -> str:
     os.unlink(tmp)
     con = duckdb.connect(tmp)
     try:
+        if storage.is_s3(lake.root):  # the views bind their files now: DuckDB must reach S3
+            _prepare_s3(con)
         for name in TABLES:
             _base_view_sql(lake, name, con)
         for sql in view_sql():

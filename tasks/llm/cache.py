@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+CALL_LEASE_S = 60.0  # a worker killed mid-call delays that call for the others this long at most
 
 # Numbered, append-only migrations; PRAGMA user_version records how many have run.
 _MIGRATIONS: list[str] = [
@@ -152,13 +153,13 @@ class SharedCallCache(CallCache):
     takes over when the holder dies (its lease lapses after ``lease_s``).
     """
 
-    def __init__(self, path: str | Path, store: str, lease_s: float = 60.0,
+    def __init__(self, path: str | Path, store: str, lease_s: float | None = None,
                  poll_s: float = 0.25):
         super().__init__(path)
         from tasks.leases import Store
 
         self.store = Store(store)
-        self.lease_s = lease_s
+        self.lease_s = CALL_LEASE_S if lease_s is None else lease_s
         self.poll_s = poll_s
         self._held: dict[str, tuple[Any, asyncio.Task]] = {}
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.chunking import chunk_by_tokens
@@ -38,6 +39,12 @@ from tasks.score.logicality import score_logicality
 from tasks.tokens import load_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def _among(prompt_ids) -> pc.Expression:
+    """``prompt_id`` in ``prompt_ids``; typed, so an empty list filters everything out rather
+    than failing on a null-typed array."""
+    return pc.field("prompt_id").isin(pa.array(list(prompt_ids), pa.string()))
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,7 @@ def _judgment_row(response: dict, j: Judgment, run_id: str, now: datetime) -> di
 def stored_key_points(lake: Lake, keys: dict[str, str]) -> dict[str, list[KeyPoints]]:
     """The key points stored for each prompt under its extraction key (``{prompt_id: key}``);
     rows under any other key (another chunk size, tokenizer, judge or prompt) are ignored."""
-    rows = lake.read("key_points", filter=pc.field("prompt_id").isin(list(keys))).to_pylist()
+    rows = lake.read("key_points", filter=_among(keys)).to_pylist()
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         if row["extraction_key"] == keys[row["prompt_id"]]:
@@ -189,7 +196,7 @@ def pending_work(lake: Lake, prompt_ids: list[str] | None = None,
         counts[rid] += 1
     todo: dict[str, list[dict]] = defaultdict(list)
     done = 0
-    wanted = None if prompt_ids is None else pc.field("prompt_id").isin(prompt_ids)
+    wanted = None if prompt_ids is None else _among(prompt_ids)
     for row in lake.read("responses", columns=["response_id", "prompt_id", "sample_index",
                                                "text"], filter=wanted).to_pylist():
         if counts.get(row["response_id"], 0) >= len(DIMENSIONS):
@@ -212,7 +219,7 @@ async def score_pending(lake: Lake, judge: Judge, embedder: Embedder, options: S
         return report
     prompt_rows = {r["prompt_id"]: r for r in lake.read(
         "prompts", columns=["prompt_id", "context", "query"],
-        filter=pc.field("prompt_id").isin(list(todo))).to_pylist()}
+        filter=_among(todo)).to_pylist()}
     known = stored_key_points(lake, {pid: key_points_key(pid, options, judge) for pid in todo})
     pending: list[PromptScores] = []
     gate = asyncio.Semaphore(options.prompts_in_flight)

@@ -85,19 +85,6 @@ def test_flow_end_to_end_then_a_rerun_does_nothing_new(prefect_api, s3_endpoint,
     assert after == before  # a night with nothing new writes nothing, pairs included
 
 
-def test_scoring_fans_out_on_a_dask_cluster(prefect_api, s3_endpoint, tmp_path):
-    from prefect_dask import DaskTaskRunner
-
-    src = _demo_source(2)
-    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2,
-                                            "processes": False, "dashboard_address": None})
-    out = nightly_refresh.with_options(task_runner=runner)(
-        lake=str(tmp_path / "lake"), source=src, batch_prompts=1,
-        overrides={"samples_per_prompt": 3, "pair_min_answers": 3})
-    assert len(out["score"]) == 2 and sum(b["ok"] for b in out["score"]) == 2 * 3 * 4
-    assert out["publish"]["dataset_version"] == "v1"
-
-
 def _flow_env(prefect_api: str, judge: FakeOpenAI) -> dict[str, str]:
     return {**os.environ, "PREFECT_API_URL": prefect_api,
             "LONGREWARD_JUDGE_BASE_URL": judge.url, "LONGREWARD_JUDGE_MODEL": "scripted",

@@ -176,3 +176,11 @@ def test_a_429_storm_ends_in_scores(tmp_path):
         report = _score(lake, server, tmp_path / "c.sqlite", max_retries=12)
         assert server.statuses[429] == 8 and server.statuses[503] == 3
     assert report.judgments_failed == 0 and report.judgments_ok == 8
+
+
+def test_an_empty_slice_of_prompts_is_no_work(tmp_path):
+    from tasks.score.stage import pending_work
+
+    lake = _lake_with(tmp_path, {"p0": ["alpha H=3 L=5 C=5"]}, context_words=200)
+    assert pending_work(lake, prompt_ids=[]) == ({}, 0)     # a worker given no prompt
+    assert set(pending_work(lake)[0]) == {"p0"}
