@@ -30,7 +30,7 @@ def missing_settings(settings: Settings, stages: Iterable[Stage]) -> list[str]:
         problems += _judge(settings)
     if wanted & {"score", "embed"}:
         problems += _embeddings(settings)
-    if "train" in wanted and not settings.base_model:
+    if "train" in wanted and not settings.base_model and not settings.offline:
         problems.append("base_model is not set: the model to train (a folder or hub name)")
     return problems
 

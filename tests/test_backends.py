@@ -86,3 +86,9 @@ def test_stand_ins_fill_only_what_is_unset():
     assert settings.judge_model == "qwen"                 # a configured judge stays the judge
     assert settings.policy_model == "offline-policy"
     assert settings.embeddings_model == "all-MiniLM-L6-v2"
+
+
+def test_offline_training_builds_the_tiny_model_rather_than_stopping():
+    from tasks.backends import missing_settings
+
+    assert missing_settings(load_settings(offline=True), ["sample", "score", "train"]) == []
