@@ -196,7 +196,7 @@ def names(text: str) -> set[str]:
     first: set[str] = set()
     for sentence in sentences(text):
         for match in _NAME.finditer(sentence):
-            word = match.group(0).lower().replace("’", "'").removesuffix("'s")
+            word = match.group(0).lower().replace("’", "'").removesuffix("'s").rstrip("'")
             if word in STOPWORDS or word in MONTHS or word in NUMBER_WORDS:
                 continue
             (first if match.start() == 0 else inner).add(word)
