@@ -32,7 +32,7 @@ from tasks.score.judge import Judge
 from tasks.score.stage import ScoreOptions, score_prompt
 
 HERE = Path(__file__).parent
-SPLITS = ("tune", "held_out", "fresh")
+SPLITS = ("tune", "held_out", "fresh", "final")
 DEFECTS = ("faithfulness", "completeness", "logicality", "helpfulness")
 
 
