@@ -49,6 +49,7 @@ _ABSENCE = re.compile(r"\b(does not|doesn't|do not|did not) (say|state|mention|c
                       r"given)\b", re.I)
 _FUNCTIONAL = re.compile(r"^(here (is|are)|in summary|to summari[sz]e|overall,? here|i hope|"
                          r"let me|the following|below (is|are)|hope this)\b", re.I)
+_CAPITALISED = re.compile(r"\b[A-Z][\w'’-]*")
 _CACHE_SIZE = 50_000
 
 
@@ -223,7 +224,8 @@ class OfflineJudge:
         anchored = [v for v in figures if any(_has(values(s), v) for s in anchors)]
         derived = [v for v in figures if v not in anchored and _derived(v, anchored)]
         missing = [v.text for v in figures if v not in anchored and v not in derived]
-        anchor_names = set().union(*(names(s) | {w.lower() for w in re.findall(r"\w+", s)}
+        # a name must be written as a name there ("Kessler Lift" is not borne out by "lift")
+        anchor_names = set().union(*(names(s) | {w.lower() for w in _CAPITALISED.findall(s)}
                                      for s in anchors)) if anchors else set()
         missing += sorted(n for n in names(statement) if n not in anchor_names)
         in_evidence = set().union(*(words for _, words in passages))
