@@ -12,15 +12,17 @@ approximates:
   figures masked: accuracy is not helpfulness), the share of the question's words it uses, and
   how much it says;
 - logicality: pairs of sentences about the same thing (embedding or word overlap) that
-  disagree: different figures of one kind, one negated and one not, opposite trends, or an
-  absolute claim against a qualified one (:mod:`tasks.offline_logic`);
-- statements: the answer's sentences minus functional ones ("Here are ...", "I hope ...");
-- support: each figure and name of the statement must appear in an evidence sentence about the
-  same thing (or follow from two of its figures: a difference, a percentage change), and most
-  of its words (or its meaning, by embedding) must be in the evidence;
+  disagree: different figures or places of one kind, opposite trends or outcomes, a denial of
+  the same predicate, or an absolute claim against a counted one (:mod:`tasks.offline_logic`);
+- statements: the answer's sentences minus functional and linking ones ("Here are ...", "I
+  hope ...", "There were bright spots.");
+- support: adjacent segments joined back into one text; each figure and name of the statement
+  must appear in an evidence sentence about the same thing (shared words or close meaning), or
+  follow from two of its figures (a difference, a percentage change), and most of its words (or
+  its meaning, by embedding) must be in the evidence;
 - extraction: the chunk's sentences close to the question, judged with their paragraph;
-- coverage: per key point, how close the answer's nearest sentence is and how many of the key
-  point's figures and names the answer states.
+- coverage: per key point, the answer sentence that best states it: its closeness and how many
+  of the key point's figures and names (else words) it states.
 
 It reads no meaning: reasoning, paraphrased numbers and subtle errors are beyond it. Rows it
 produces carry ``judge_model = "offline-judge"``.

@@ -6,11 +6,15 @@ and its absolute words ("unanimous", "exactly"). A later sentence is suspect whe
 claims is about the same thing as a claim of an earlier sentence (their surrounding words are
 close in embedding space) and disagrees with it:
 
-- figures of one kind that differ, within a factor of five, neither a bound ("more than 15"):
-  "rose from 81 to 92 per cent" / "ended at 86 per cent";
-- opposite trends: "rose" / "fell", or "unchanged" / "rose";
+- figures of one kind (counting the same thing) that differ, within a factor of five, neither
+  a bound ("more than 15"): "rose from 81 to 92 per cent" / "ended at 86 per cent"; an agreeing
+  figure nearby excuses them only if it is as plainly about the same thing (its own words);
+- places: "finished fourth" / "finishing second";
+- opposite trends: "rose" / "fell", or "stayed" / "rose"; opposite outcomes: "upheld" /
+  "dismissed";
 - a negation against the same statement made plainly: "no property flooded" / "64 properties
-  flooded";
+  flooded", stronger when it denies the other's own words ("no need to stop using it" / "stop
+  using it"), none when it denies knowing ("does not show whether");
 - an absolute claim against a counted or qualified one: "unanimous" / "five votes to two";
 - a sentence opening with a correction ("In fact", "Actually") close to an earlier one.
 
