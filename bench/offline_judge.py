@@ -2,12 +2,12 @@
 
 Scores the hand-written evaluation set (``tests/score/offline_eval``: a question about one
 report among unrelated documents, a clean answer and four planted defects per item) through the
-real scoring stage with the offline judge, and prints, per split (``tune``: what the judge was
-tuned on; ``held_out``: never tuned on), the share of items where the clean answer scores
-strictly higher than each defect on the defect's own dimension and on the reward (mean of the
-four), plus seconds per item (five answers, the context embedded once).
+real scoring stage with the offline judge, and prints, per split (which were tuned on: see
+``tests/score/offline_eval``), the share of items where the clean answer scores strictly higher
+than each defect on the defect's own dimension and on the reward (mean of the four), plus
+seconds per item (five answers, the context embedded once).
 
-    python bench/offline_judge.py              # both splits
+    python bench/offline_judge.py              # every split
     python bench/offline_judge.py --split held_out --verbose
 """
 
@@ -28,15 +28,18 @@ from tests.score.offline_eval import DEFECTS, SPLITS, evaluate, load_items, win_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--split", choices=SPLITS, help="one split only (default: both)")
+    parser.add_argument("--split", choices=SPLITS, help="one split only (default: all)")
     parser.add_argument("--verbose", action="store_true", help="every answer's four scores")
     args = parser.parse_args()
     embedder = LocalEmbedder()
     embedder.embed_sync(["warm up"])  # the model load is not the judge's time
+    # one judge for every split, and its per-text cache for the segment index too: the
+    # distractors and most answer sentences recur (as in a nightly run, K answers per prompt)
+    judge = OfflineJudge(embedder)
     for split in (args.split,) if args.split else SPLITS:
         items = load_items(split)
         started = time.perf_counter()
-        scored = evaluate(OfflineJudge(embedder), embedder, items)
+        scored = evaluate(judge, judge, items)
         seconds = time.perf_counter() - started
         print(f"\n{split}: {len(items)} items, {seconds / len(items):.1f} s per item "
               f"({len(items[0].answers)} answers each)")

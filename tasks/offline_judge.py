@@ -12,15 +12,17 @@ approximates:
   figures masked: accuracy is not helpfulness), the share of the question's words it uses, and
   how much it says;
 - logicality: pairs of sentences about the same thing (embedding or word overlap) that
-  disagree: different figures of one kind, one negated and one not, opposite trends, or an
-  absolute claim against a qualified one (:mod:`tasks.offline_logic`);
-- statements: the answer's sentences minus functional ones ("Here are ...", "I hope ...");
-- support: each figure and name of the statement must appear in an evidence sentence about the
-  same thing (or follow from two of its figures: a difference, a percentage change), and most
-  of its words (or its meaning, by embedding) must be in the evidence;
+  disagree: different figures or places of one kind, opposite trends or outcomes, a denial of
+  the same predicate, or an absolute claim against a counted one (:mod:`tasks.offline_logic`);
+- statements: the answer's sentences minus functional and linking ones ("Here are ...", "I
+  hope ...", "There were bright spots.");
+- support: adjacent segments joined back into one text; each figure and name of the statement
+  must appear in an evidence sentence about the same thing (shared words or close meaning), or
+  follow from two of its figures (a difference, a percentage change), and most of its words (or
+  its meaning, by embedding) must be in the evidence;
 - extraction: the chunk's sentences close to the question, judged with their paragraph;
-- coverage: per key point, how close the answer's nearest sentence is and how many of the key
-  point's figures and names the answer states.
+- coverage: per key point, the answer sentence that best states it: its closeness and how many
+  of the key point's figures and names (else words) it states.
 
 It reads no meaning: reasoning, paraphrased numbers and subtle errors are beyond it. Rows it
 produces carry ``judge_model = "offline-judge"``.
@@ -50,7 +52,7 @@ _ABSENCE = re.compile(r"\b(does not|doesn't|do not|did not) (say|state|mention|c
                       r"given)\b", re.I)
 _FUNCTIONAL = re.compile(r"^(here (is|are)|in summary|to summari[sz]e|overall,? here|i hope|"
                          r"let me|the following|below (is|are)|hope this)\b", re.I)
-_SEGMENT_HEADER = re.compile(r"^\[segment \d+\]$", re.M)
+_CAPITALISED = re.compile(r"\b[A-Z][\w'’-]*")
 _CACHE_SIZE = 50_000
 
 
@@ -202,37 +204,42 @@ class OfflineJudge:
     async def _statements(self, user: str) -> str:
         kept = [s for s in sentences(_section(user, "answer") or "")
                 if len(s.split()) >= 4 and not s.endswith((":", "?")) and not _FUNCTIONAL.match(s)
-                and content_words(s)]
+                and _checkable(s)]
         if not kept:
             return "No factual statements."
         return "\n".join(f"<statement>{s}</statement>" for s in kept)
 
     async def _support(self, user: str) -> str:
         statement = _section(user, "statement") or ""
-        evidence = _SEGMENT_HEADER.sub("", _section(user, "evidence") or "")
+        evidence = _joined(_section(user, "evidence") or "")
         said = content_words(statement)
         passages = [(s, content_words(s)) for s in sentences(evidence)]
         if not passages or not said:
             return "The evidence does not state this.\n[[No support]]"
+        vectors = await self.embed([statement, *(s for s, _ in passages)])
+        to_statement = vectors[1:] @ vectors[0]
+        closeness = float(np.max(to_statement))
+        # evidence about the same thing: sentences sharing its words, or its meaning
         need = min(2, len(said))
-        anchors = [s for s, words in passages if len(words & said) >= need]
+        anchors = [s for (s, words), near in zip(passages, to_statement, strict=True)
+                   if len(words & said) >= need or near >= ANCHOR or near == closeness]
         figures = values(statement)
         anchored = [v for v in figures if any(_has(values(s), v) for s in anchors)]
         derived = [v for v in figures if v not in anchored and _derived(v, anchored)]
         missing = [v.text for v in figures if v not in anchored and v not in derived]
-        anchor_names = set().union(*(names(s) | {w.lower() for w in re.findall(r"\w+", s)}
+        # a name must be written as a name there ("Kessler Lift" is not borne out by "lift")
+        anchor_names = set().union(*(names(s) | {w.lower() for w in _CAPITALISED.findall(s)}
                                      for s in anchors)) if anchors else set()
         missing += sorted(n for n in names(statement) if n not in anchor_names)
         in_evidence = set().union(*(words for _, words in passages))
         share = len(said & in_evidence) / len(said)
         near = sorted(anchors, key=lambda s: -len(content_words(s) & said))[:3]
         read = [claims(statement), *(claims(s) for s in near)]
-        vectors = await self.embed([statement, *(s for s, _ in passages),
-                                    *(c.window for r in read for c in r)])
-        closeness = float(np.max(vectors[1:1 + len(passages)] @ vectors[0]))
+        windows = await self.embed([c.window for r in read for c in r])
         position = {s: k for k, (s, _) in enumerate(passages, start=1)}
-        against = _against(read, vectors[1 + len(passages):], vectors[0],
-                           [vectors[position[s]] for s in near])
+        against = _against(read, windows, vectors[0], [vectors[position[s]] for s in near])
+        if against and not missing and "figures differ" in against:
+            against = None  # its own figures are all there: another figure is another fact
         agrees = share >= 0.5 or closeness >= 0.65
         level = (2 if not missing and agrees else
                  1 if not missing or (len(missing) == 1 and agrees) else 0)
@@ -253,7 +260,8 @@ class OfflineJudge:
         paragraphs = [p for p in re.split(r"\n\s*\n", chunk) if p.strip()]
         # a heading (no closing punctuation) is not information
         units = [(k, s) for k, p in enumerate(paragraphs) for s in sentences(p)
-                 if len(s.split()) >= 5 and s.rstrip("\"')").endswith((".", "!", "?", ";"))]
+                 if len(s.split()) >= 5 and s.rstrip("\"')").endswith((".", "!", "?", ";"))
+                 and _checkable(s)]
         if not units:
             return "No relevant information"
         vectors = await self.embed([query, *paragraphs, *(s for _, s in units)])
@@ -300,23 +308,22 @@ class OfflineJudge:
             return "The answer is empty.\n[[0]]"
         vectors = await self.embed([*points, *said])
         closeness = vectors[:len(points)] @ vectors[len(points):].T
-        read = [(values(s), names(s), content_words(s)) for s in said]
+        read = [(values(s), names(s) | content_words(s), content_words(s)) for s in said]
         marks = []
         for point, row in zip(points, closeness, strict=True):
-            # the point's facts must be stated where the answer speaks of it: its two nearest
-            # sentences, not anywhere
-            near = [read[k] for k in np.argsort(-row)[:2]]
-            a_values = [v for r in near for v in r[0]]
-            a_words = set().union(*(r[1] | r[2] for r in near))
-            figures = [_has(a_values, v) for v in values(point)]
-            named = [n in a_words for n in names(point)]
-            words = content_words(point)
-            # its figures are what a key point is most about; names say whose they are
-            parts = [(0.7, figures), (0.3, named)]
-            weight = sum(w for w, found in parts if found)
-            stated = (sum(w * sum(found) / len(found) for w, found in parts if found) / weight
-                      if weight else len(words & a_words) / max(len(words), 1))
-            marks.append(0.4 * _ramp(float(row.max()), 0.4, 0.8) + 0.6 * stated)
+            figures, named, words = values(point), names(point), content_words(point)
+            # the point is covered by the sentence that states most of its facts and is most
+            # about it: its figures above all, its names for whose they are, else its words
+            best = 0.0
+            for (a_values, a_words, a_content), near in zip(read, row, strict=True):
+                parts = [(0.7, [_has(a_values, v) for v in figures]),
+                         (0.3, [n in a_words for n in named])]
+                weight = sum(w for w, found in parts if found)
+                stated = (sum(w * sum(found) / len(found) for w, found in parts if found) / weight
+                          # a paraphrase keeps some of the words, rarely all
+                          if weight else _ramp(len(words & a_content) / max(len(words), 1), 0, 0.6))
+                best = max(best, 0.4 * _ramp(float(near), 0.4, 0.8) + 0.6 * stated)
+            marks.append(_ramp(best, 0.2, 0.8))
         score = 10 * sum(marks) / len(marks)
         verdict = lambda m: "covered" if m >= 0.75 else "partly" if m >= 0.4 else "missed"  # noqa: E731
         notes = [f"- key point {i + 1}: {verdict(m)} ({m:.2f})" for i, m in enumerate(marks)]
@@ -327,7 +334,26 @@ RELEVANT = 0.33       # a sentence's and its paragraph's closeness to the questi
 AGAINST = 0.3         # a disagreement this strong with the evidence lowers support a level
 RELEVANT_PART = 0.38  # a paragraph this close to the question is relevant as a whole
 RELEVANT_ALONE = 0.38  # in a single document, a sentence's own closeness to the question
+ANCHOR = 0.6          # an evidence sentence this close to a statement is about the same thing
 RELEVANT_DOCUMENT = 0.3  # a document whose best paragraphs are this close is about the question
+
+
+def _checkable(sentence: str) -> bool:
+    """Whether a sentence states something the evidence could bear out: a figure, a name, or
+    more than a few words of content ("There were bright spots." links, it does not state)."""
+    return bool(values(sentence) or names(sentence) or len(content_words(sentence)) > 3)
+
+
+def _joined(evidence: str) -> str:
+    """The evidence passages without their headers, adjacent segments joined back into one
+    text (segments tile the context, so a sentence cut between two is whole again)."""
+    parts = re.split(r"^\[segment (\d+)\]\n", evidence, flags=re.M)
+    out, last = parts[0].strip(), None
+    for number, text in zip(parts[1::2], parts[2::2], strict=True):
+        index, text = int(number), text.removesuffix("\n\n")  # the separator between two
+        out += text if last is not None and index == last + 1 else "\n\n" + text
+        last = index
+    return out.strip()
 
 
 def _documents(paragraphs: list[str]) -> np.ndarray:

@@ -54,6 +54,10 @@ MONTHS = _wordlist(
     "december")
 NEGATIONS = wordset(
     "not no never none nothing nobody neither nor without cannot n't unable failed")
+# what follows a negation of these is not denied: "nobody knows why the ditch was recut"
+EPISTEMIC = wordset(
+    "know knows knew known show shows showed shown say says said mention mentions mentioned "
+    "clear sure certain explain explains explained tell tells told whether yet")
 
 
 def _stem(word: str) -> str:
@@ -153,7 +157,7 @@ def values(text: str) -> list[Value]:
             i += 1
             continue
         parsed = _number(tokens, i)
-        if parsed is None:
+        if parsed is None or (i and tokens[i - 1].endswith("-")):  # "HALCYON-2": a name
             i += 1
             continue
         number, span = parsed
@@ -174,6 +178,9 @@ def values(text: str) -> list[Value]:
             number *= _DURATION[after[0].rstrip("s")]
         elif re.fullmatch(r"1[89]\d\d|20\d\d", tokens[i].rstrip("s")) and span == 1:
             kind = "year"
+        elif after and after[0][0].isalpha() and after[0] not in STOPWORDS and \
+                after[0] not in NUMBER_WORDS:
+            kind = f"count:{_stem(after[0])}"  # what it counts: "three teams", "20 mg"
         found.append(Value(number, kind, i, raw, " ".join(tokens[i:i + span])))
         i += span
     return found
@@ -189,7 +196,7 @@ def names(text: str) -> set[str]:
     first: set[str] = set()
     for sentence in sentences(text):
         for match in _NAME.finditer(sentence):
-            word = match.group(0).lower().replace("’", "'").removesuffix("'s")
+            word = match.group(0).lower().replace("’", "'").removesuffix("'s").rstrip("'")
             if word in STOPWORDS or word in MONTHS or word in NUMBER_WORDS:
                 continue
             (first if match.start() == 0 else inner).add(word)

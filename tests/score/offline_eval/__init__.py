@@ -10,8 +10,11 @@ dimension:
 - ``logicality``: a sentence inserted that contradicts an earlier one about the same fact;
 - ``helpfulness``: a well-written answer about the neighbouring document instead.
 
-``tune/`` is what the judge was tuned on; ``held_out/`` was written before tuning and never
-tuned on. :func:`evaluate` scores every answer through the real scoring stage
+The splits, in the order they were written: ``tune/`` (the first judge was tuned on it);
+``held_out/`` (written before that tuning, but looked at while improving the judge since);
+``fresh/`` (written before the second round of tuning and scored untouched first, then tuned
+on); ``final/`` (written after the second round, never tuned on). Each new split uses topics and
+styles the earlier ones do not. :func:`evaluate` scores every answer through the real scoring stage
 (:func:`tasks.score.stage.score_prompt`) and :func:`win_rates` counts how often the clean answer
 beats each defect on the defect's own dimension and on the reward (mean of four).
 """
@@ -32,7 +35,7 @@ from tasks.score.judge import Judge
 from tasks.score.stage import ScoreOptions, score_prompt
 
 HERE = Path(__file__).parent
-SPLITS = ("tune", "held_out")
+SPLITS = ("tune", "held_out", "fresh", "final")
 DEFECTS = ("faithfulness", "completeness", "logicality", "helpfulness")
 
 
