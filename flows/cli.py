@@ -23,6 +23,7 @@ from flows.cli_output import (
     Ties,
     console,
     emit,
+    fit_to_terminal,
     needs_file,
     write_text,
 )
@@ -60,6 +61,7 @@ OutputOpt = Annotated[Path | None, typer.Option(
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs.")] = False):
     """Nightly long-context preference data with LongReward AI feedback."""
     errors.verbose = verbose
+    fit_to_terminal(console, err_console)
     install_log_scrubbing()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)])

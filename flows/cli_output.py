@@ -6,6 +6,7 @@ Choices are enums so typer refuses a mistyped value before any work, listing the
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +46,14 @@ class Style(StrEnum):
 class GpuPool(StrEnum):
     process = "process"
     kubernetes = "kubernetes"
+
+
+def fit_to_terminal(*consoles: Console) -> None:
+    """Honour this invocation's ``COLUMNS`` (the consoles were made at import, maybe before it
+    was set, e.g. by a test runner invoking the app in-process)."""
+    columns = os.environ.get("COLUMNS", "")
+    for each in consoles:
+        each.width = int(columns) if columns.isdigit() else each.size.width
 
 
 def emit(table: pa.Table, fmt: OutputFormat, output: Path | None = None,
