@@ -192,18 +192,17 @@ class SharedCallCache(CallCache):
         from tasks.leases import Lease
 
         lease = Lease(self.store, f"call-{key}", ttl_s=self.lease_s)
-        waited = False
         while not await asyncio.to_thread(lease.try_acquire):
-            waited = True
             await asyncio.sleep(self.poll_s)
             hit = await self.aget(key)
             if hit is not None:
                 return hit
-        if waited:  # the holder finished (or died) between our lookups: check once more
-            hit = await self.aget(key)
-            if hit is not None:
-                await asyncio.to_thread(lease.release)
-                return hit
+        # Look again under the lease: another worker may have finished the call (and released
+        # its lease) between our caller's lookup and our acquiring it.
+        hit = await self.aget(key)
+        if hit is not None:
+            await asyncio.to_thread(lease.release)
+            return hit
         self._held[key] = (lease, asyncio.create_task(self._renew(lease)))
         return None
 

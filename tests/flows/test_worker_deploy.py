@@ -44,10 +44,14 @@ def _stop(proc: subprocess.Popen) -> None:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return
-    for p in [*family, psutil.Process(proc.pid)]:
+    everyone = [*family, psutil.Process(proc.pid)]
+    for p in everyone:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
-    psutil.wait_procs([*family], timeout=10)
+    _, alive = psutil.wait_procs(everyone, timeout=20)
+    for p in alive:   # a worker busy shutting down under load: it has had its chance
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     proc.wait(timeout=10)
 
 
