@@ -59,8 +59,19 @@ class Decision:
         return None
 
 
+NOT_SCORED = "not scored"   # the start of a candidate's failure while judgments are missing
+
+
 def choose_pair(candidates: list[Candidate], rule: PairRule) -> Decision:
-    """The best and worst rewarded answers of one prompt, or why there is no pair."""
+    """The best and worst rewarded answers of one prompt, or why there is no pair.
+
+    A prompt some of whose answers are still being scored (a batch handed over, a run cut
+    short) waits: those answers may be the best or the worst, and a pair published now would
+    be replaced by the next night's anyway."""
+    pending = sum(1 for c in candidates if (c.failure or "").startswith(NOT_SCORED))
+    if pending:
+        return Decision(None, None, f"scoring incomplete: {pending} of {len(candidates)} "
+                        "answers not scored yet")
     rewarded = sorted((c for c in candidates if c.reward is not None),
                       key=lambda c: c.sample_index)
     if len(rewarded) < rule.min_answers:
@@ -85,11 +96,11 @@ def choose_pair(candidates: list[Candidate], rule: PairRule) -> Decision:
 
 def candidates_by_prompt(lake: Lake) -> dict[str, list[Candidate]]:
     con = catalog.connect(lake)
-    rows = con.sql("""
+    rows = con.execute("""
         SELECT r.prompt_id, r.response_id, r.sample_index, w.reward,
-               coalesce(w.failure_reason, 'not scored') AS failure
+               coalesce(w.failure_reason, ?) AS failure
         FROM responses r LEFT JOIN rewards w USING (response_id)
-        ORDER BY r.prompt_id, r.sample_index""").fetchall()
+        ORDER BY r.prompt_id, r.sample_index""", [NOT_SCORED]).fetchall()
     grouped: dict[str, list[Candidate]] = {}
     for prompt_id, response_id, sample_index, reward, failure in rows:
         grouped.setdefault(prompt_id, []).append(
@@ -148,7 +159,7 @@ def preference_table(lake: Lake, style: Literal["conversational", "plain"] = "co
     assistant turn each); plain rows hold text.
     """
     con = catalog.connect(lake)
-    rows = con.sql("""
+    rows = con.execute("""
         SELECT p.prompt_id, q.context, q.query, c.text AS chosen, r.text AS rejected,
                p.chosen_reward, p.rejected_reward, p.margin,
                p.chosen_response_id, p.rejected_response_id

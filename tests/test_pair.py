@@ -81,3 +81,35 @@ def test_a_night_with_nothing_new_writes_no_pair_and_a_changed_prompt_is_redecid
         "SELECT prompt_id, chosen_response_id FROM pairs_latest").fetchall())
     assert latest == {"a": "a-2", "b": "b-3"} and lake.count("pairs") == 3
     assert run_pairing(lake, PairRule(min_answers=4), "night-4") == (1, 1)  # a new rule
+
+
+def test_a_prompt_still_being_scored_waits_for_its_last_answers(lake):
+    """An answer sampled but not judged yet (a handed-over batch) may be the best or the
+    worst: its prompt is not paired until it is scored, then it is."""
+    from datetime import UTC, datetime
+
+    from tasks import catalog
+    from tasks.pair import run_pairing
+    from tasks.schemas import DIMENSIONS
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    lake.upsert("responses", [{"response_id": f"p-{i}", "prompt_id": "p", "sample_index": i,
+                               "text": "t", "policy_model": "m", "run_id": "r",
+                               "created_at": now} for i in range(4)])
+
+    def judge(i: int, score: float, dimensions=DIMENSIONS) -> None:
+        lake.upsert("judgments", [{"response_id": f"p-{i}", "prompt_id": "p", "dimension": d,
+                                   "score": score, "status": "ok", "judge_model": "j",
+                                   "run_id": "r", "created_at": now} for d in dimensions])
+
+    for i, score in enumerate([2.0, 5.0, 8.0]):
+        judge(i, score)
+    judge(3, 9.5, DIMENSIONS[:2])                      # half-judged
+    rule = PairRule(min_answers=3)
+    assert run_pairing(lake, rule, "night-1") == (0, 1)
+    reason = catalog.connect(lake).execute("SELECT skip_reason FROM pairs_latest").fetchone()
+    assert reason == ("scoring incomplete: 1 of 4 answers not scored yet",)
+    judge(3, 9.5)
+    assert run_pairing(lake, rule, "night-2") == (1, 0)
+    chosen = catalog.connect(lake).execute("SELECT chosen_response_id FROM pairs_latest")
+    assert chosen.fetchone() == ("p-3",)
