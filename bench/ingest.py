@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks import catalog, storage  # noqa: E402
 from tasks.demo_data import jsonl, make_prompt  # noqa: E402
+from tasks.embedded_s3 import free_port  # noqa: E402
 from tasks.ingest import IngestOptions, ingest  # noqa: E402
 from tasks.lake import Lake  # noqa: E402
 from tasks.schemas import DIMENSIONS  # noqa: E402
@@ -32,9 +33,7 @@ from tasks.tokens import count_tokens, load_tokenizer  # noqa: E402
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"

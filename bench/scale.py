@@ -86,25 +86,30 @@ def _said(n: int, how: str, responses: int, seconds: float, server: FakeOpenAI) 
           f"max in flight {server.max_in_flight}, repeated {server.repeated_requests}")
 
 
-def bench_workers(args: argparse.Namespace) -> None:
-    print(f"== scoring with worker processes (latency {args.latency}s, "
-          f"{args.per_process} calls in flight per process) ==")
+def _sized_runs(args: argparse.Namespace):
+    """For 1, 2 and 4 workers: a fresh scripted endpoint and lake of the same answers."""
     answers = _answers(args)
     for n in (1, 2, 4):
         with tempfile.TemporaryDirectory() as tmp, \
                 FakeOpenAI(varied_judge, latency_s=args.latency) as server:
-            lake = _lake_with(Path(tmp), answers, context_words=600)
-            ids = sorted(answers)
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            started = time.perf_counter()
-            procs = [subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(ROOT / "bench"), lake.root, server.url,
-                 f"{tmp}/front-{w}.sqlite", json.dumps(ids[w::n]), str(args.per_process)],
-                env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-                for w in range(min(n, len(ids)))]
-            outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-            _said(n, "process(es)", sum(o["responses"] for o in outs),
-                  time.perf_counter() - started, server)
+            yield n, tmp, server, _lake_with(Path(tmp), answers, context_words=600), \
+                sorted(answers)
+
+
+def bench_workers(args: argparse.Namespace) -> None:
+    print(f"== scoring with worker processes (latency {args.latency}s, "
+          f"{args.per_process} calls in flight per process) ==")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for n, tmp, server, lake, ids in _sized_runs(args):
+        started = time.perf_counter()
+        procs = [subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(ROOT / "bench"), lake.root, server.url,
+             f"{tmp}/front-{w}.sqlite", json.dumps(ids[w::n]), str(args.per_process)],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            for w in range(min(n, len(ids)))]
+        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        _said(n, "process(es)", sum(o["responses"] for o in outs),
+              time.perf_counter() - started, server)
 
 
 def _dask_batch(lake_root: str, url: str, front_dir: str, ids: list[str],
@@ -119,14 +124,9 @@ def bench_dask(args: argparse.Namespace) -> None:
 
     print(f"== scoring on a Dask cluster of worker processes (latency {args.latency}s, "
           f"{args.per_process} calls in flight per process, {args.batch} prompts a task) ==")
-    answers = _answers(args)
-    for n in (1, 2, 4):
-        with tempfile.TemporaryDirectory() as tmp, \
-                FakeOpenAI(varied_judge, latency_s=args.latency) as server, \
-                LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                             dashboard_address=None) as cluster, Client(cluster) as client:
-            lake = _lake_with(Path(tmp), answers, context_words=600)
-            ids = sorted(answers)
+    for n, tmp, server, lake, ids in _sized_runs(args):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
             batches = [ids[i:i + args.batch] for i in range(0, len(ids), args.batch)]
             started = time.perf_counter()
             futures = client.map(_dask_batch, [lake.root] * len(batches),

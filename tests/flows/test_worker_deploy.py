@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,11 @@ import psutil
 import pytest
 
 from tasks.demo_data import jsonl, make_prompts
+from tasks.embedded_s3 import free_port
 from tasks.lake import Lake
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _base_env(home: Path) -> dict[str, str]:
@@ -59,7 +53,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def server(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A Prefect server on loopback; yields the environment a client of it needs."""
     home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = (home / "server.log").open("w")
     proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
@@ -139,7 +133,7 @@ def test_nightly_and_triggered_training_run_on_workers(server, tmp_path):
     for d in deployments:   # nothing of the deployer's environment was baked in
         assert "{{" not in json.dumps([d["job_variables"], d["parameters"], d["pull_steps"]])
 
-    port = _free_port()
+    port = free_port()
     with contextlib.ExitStack() as running:   # every process started here is stopped
         model = subprocess.Popen([sys.executable, "-m", "tests.fakes.scripted_model", "--port",
                                   str(port)], cwd=ROOT, env=_base_env(tmp_path / "model-home"))

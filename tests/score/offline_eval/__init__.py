@@ -36,7 +36,7 @@ from tasks.score.stage import ScoreOptions, score_prompt
 
 HERE = Path(__file__).parent
 SPLITS = ("tune", "held_out", "fresh", "final")
-DEFECTS = ("faithfulness", "completeness", "logicality", "helpfulness")
+DEFECTS = DIMENSIONS   # each defect is planted against the dimension it is named after
 
 
 @dataclass(frozen=True)
