@@ -60,6 +60,21 @@ def _tiny_base_model(settings: Settings) -> str:
     return str(folder)
 
 
+def _run_options(settings: Settings, dataset_version: str, base_model: str | None,
+                 max_steps: int | None, deepspeed: str | None,
+                 overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A new run id and the trainer's options for it; ``max_steps`` left to the trainer's
+    default when unset."""
+    run_id = new_run_id()
+    options: dict[str, Any] = {
+        "base_model": base_model_of(settings, base_model), "dataset_version": dataset_version,
+        "deepspeed": deepspeed,
+        "checkpoint_uri": storage.join(settings.lake, "checkpoints", run_id), **overrides}
+    if max_steps is not None:
+        options["max_steps"] = max_steps
+    return run_id, options
+
+
 def train_locally(settings: Settings, dataset_version: str, base_model: str | None = None,
                   max_steps: int | None = None, deepspeed: str | None = None,
                   **overrides: Any) -> dict[str, Any]:
@@ -67,13 +82,8 @@ def train_locally(settings: Settings, dataset_version: str, base_model: str | No
     from tasks.train.trainer import TrainConfig
     from tasks.train.trainer import train_dpo as run_training
 
-    run_id = new_run_id()
-    base = base_model_of(settings, base_model)
-    options: dict[str, Any] = {
-        "base_model": base, "dataset_version": dataset_version, "deepspeed": deepspeed,
-        "checkpoint_uri": storage.join(settings.lake, "checkpoints", run_id), **overrides}
-    if max_steps is not None:
-        options["max_steps"] = max_steps
+    run_id, options = _run_options(settings, dataset_version, base_model, max_steps,
+                                   deepspeed, overrides)
     result = run_training(Lake(settings.lake), TrainConfig(**options), run_id)
     summary = asdict(result) if is_dataclass(result) else dict(result)
     summary.pop("history", None)
@@ -99,11 +109,8 @@ def train_launched(settings: Settings, dataset_version: str, processes: int,
                    deepspeed: str | None = None, **overrides: Any) -> dict[str, Any]:
     """Train in ``processes`` worker processes under torchrun (one per GPU: DDP, or DeepSpeed
     ZeRO with ``deepspeed``); waits, then returns the summary from the ``models`` row."""
-    run_id = new_run_id()
-    base = base_model_of(settings, base_model)
-    options = {"base_model": base, "dataset_version": dataset_version, "deepspeed": deepspeed,
-               "checkpoint_uri": storage.join(settings.lake, "checkpoints", run_id),
-               "max_steps": max_steps, **overrides}
+    run_id, options = _run_options(settings, dataset_version, base_model, max_steps,
+                                   deepspeed, overrides)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={processes}", "-m", "tasks.train.trainer",
                "--lake", settings.lake, "--run-id", run_id]
@@ -112,8 +119,7 @@ def train_launched(settings: Settings, dataset_version: str, processes: int,
     env = dict(os.environ)
     if flow_run_id():  # the models row records the flow run that launched the training
         env["PREFECT__FLOW_RUN_ID"] = flow_run_id()
-    done = subprocess.run(command, cwd=ROOT, env=env,
-                          check=False)
+    done = subprocess.run(command, cwd=ROOT, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"training ({processes} processes) exited with {done.returncode}")
     rows = [r for r in Lake(settings.lake).read("models").to_pylist() if r["run_id"] == run_id]
