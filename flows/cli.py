@@ -24,7 +24,6 @@ from flows.cli_output import (
     console,
     emit,
     fit_to_terminal,
-    needs_file,
     write_text,
 )
 from flows.cli_output import print_table as _print_arrow
@@ -121,9 +120,9 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="One SELECT (or a path to 
 
 
 def _check_output(fmt: OutputFormat, output: Path | None) -> None:
-    problem = needs_file(fmt, output)
-    if problem:
-        raise errors.fail(problem, 2)
+    """Before any work: parquet is binary and goes to a file only."""
+    if fmt is OutputFormat.parquet and output is None:
+        raise errors.fail("--format parquet needs --output FILE", 2)
 
 
 @app.command("catalog")

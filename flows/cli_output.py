@@ -52,14 +52,15 @@ def fit_to_terminal(*consoles: Console) -> None:
     """Honour this invocation's ``COLUMNS`` (the consoles were made at import, maybe before it
     was set, e.g. by a test runner invoking the app in-process)."""
     columns = os.environ.get("COLUMNS", "")
-    for each in consoles:
-        each.width = int(columns) if columns.isdigit() else each.size.width
+    if columns.isdigit():
+        for each in consoles:
+            each.width = int(columns)
 
 
 def emit(table: pa.Table, fmt: OutputFormat, output: Path | None = None,
          title: str | None = None, max_rows: int = 50) -> None:
-    """``table`` in ``fmt``, to ``output`` or stdout (parquet needs a file: checked by callers
-    before any work through :func:`needs_file`)."""
+    """``table`` in ``fmt``, to ``output`` or stdout (parquet needs a file: callers check that
+    before any work)."""
     if fmt is OutputFormat.table:
         print_table(table, title, max_rows)
     elif fmt is OutputFormat.csv:
@@ -69,13 +70,6 @@ def emit(table: pa.Table, fmt: OutputFormat, output: Path | None = None,
                    output)
     else:
         pq.write_table(table, str(output))
-
-
-def needs_file(fmt: OutputFormat, output: Path | None) -> str | None:
-    """Why ``fmt`` cannot go where asked (None when it can)."""
-    if fmt is OutputFormat.parquet and output is None:
-        return "--format parquet needs --output FILE"
-    return None
 
 
 def write_text(text: str, output: Path | None) -> None:
