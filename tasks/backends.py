@@ -9,10 +9,10 @@ quietly publishing stand-in scores or training a random model.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Literal
 
 from tasks.config import ConfigError, Settings
+from tasks.sample.base import policy_kind
 
 Stage = Literal["sample", "score", "embed", "train"]
 _HINT = " (or set offline = true to use the offline stand-ins, as the demo does)"
@@ -43,13 +43,11 @@ def require_backends(settings: Settings, *stages: Stage) -> None:
 
 
 def _policy(settings: Settings) -> list[str]:
-    name = settings.policy_model
-    if settings.policy_base_url:
+    kind, name = policy_kind(settings), settings.policy_model
+    if kind == "endpoint":
         return [] if name else ["policy_model is not set: the model name the policy endpoint "
                                 f"({settings.policy_base_url}) serves"]
-    if settings.offline:  # no endpoint: the offline policy unless the name is a local model
-        return []
-    if name and (name.startswith("vllm:") or Path(name).expanduser().is_dir()):
+    if kind != "offline" or settings.offline:
         return []
     if name:
         return [f"policy_base_url is not set and policy_model {name!r} is neither a local "
@@ -58,10 +56,9 @@ def _policy(settings: Settings) -> list[str]:
 
 
 def _judge(settings: Settings) -> list[str]:
-    if not settings.judge_base_url and settings.offline:
-        return []
     if not settings.judge_base_url:
-        return ["judge_base_url is not set: the judge's OpenAI-compatible endpoint"]
+        return [] if settings.offline else [
+            "judge_base_url is not set: the judge's OpenAI-compatible endpoint"]
     if not settings.judge_model:
         return [f"judge_model is not set: the model name {settings.judge_base_url} serves"]
     return []

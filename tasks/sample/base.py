@@ -11,9 +11,26 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from tasks.config import OFFLINE_POLICY as OFFLINE_MODEL  # noqa: F401 - re-exported
+
+PolicyKind = Literal["endpoint", "vllm", "transformers", "offline"]
+
+
+def policy_kind(settings: Any) -> PolicyKind:
+    """Which policy the settings name, without loading it: ``policy_base_url``'s endpoint,
+    vLLM's engine (``policy_model = "vllm:<name>"``), a local transformers folder, or none of
+    them (the offline policy, allowed under ``offline`` only)."""
+    name = str(settings.policy_model or "")
+    if settings.policy_base_url:
+        return "endpoint"
+    if name.startswith("vllm:"):
+        return "vllm"
+    if name and Path(name).expanduser().is_dir():
+        return "transformers"
+    return "offline"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from tasks.sample.base import (  # noqa: F401 - re-exported: the names callers i
     SamplingParams,
     derive_seed,
     keep,
+    policy_kind,
     wanted,
 )
 from tasks.sample.offline import OfflinePolicy
@@ -223,12 +224,10 @@ class VLLMPolicy(Policy):
 def policy_name(settings: Any) -> str:
     """The ``policy_model`` that :func:`policy_from_settings`'s policy records, without loading
     it (a transformers or vLLM model takes minutes to load; its name does not)."""
-    name = str(settings.policy_model)
-    if settings.policy_base_url or Path(name).expanduser().is_dir():
-        return name
-    if name.startswith("vllm:"):
-        return name.removeprefix("vllm:")
-    return OFFLINE_MODEL
+    kind, name = policy_kind(settings), str(settings.policy_model)
+    if kind == "offline":
+        return OFFLINE_MODEL
+    return name.removeprefix("vllm:") if kind == "vllm" else name
 
 
 def policy_from_settings(settings: Settings, *, run_id: str | None = None) -> Policy:
@@ -236,17 +235,17 @@ def policy_from_settings(settings: Settings, *, run_id: str | None = None) -> Po
     local folder: transformers; anything else, under ``offline`` only: the offline policy (with a
     warning unless the name is ``offline-policy``)."""
     require_backends(settings, "sample")
-    name = str(settings.policy_model)
-    if settings.policy_base_url:
+    kind, name = policy_kind(settings), str(settings.policy_model)
+    if kind == "endpoint":
         client = LLMClient.from_settings(settings, "policy", run_id=run_id)
         if settings.policy_mode == "batch":
             from tasks.llm.batch import BatchCaller
 
             return EndpointPolicy(BatchCaller.from_settings(client, settings))
         return EndpointPolicy(client)
-    if name.startswith("vllm:"):
+    if kind == "vllm":
         return VLLMPolicy(name.removeprefix("vllm:"))
-    if Path(name).expanduser().is_dir():
+    if kind == "transformers":
         return TransformersPolicy.from_pretrained(str(Path(name).expanduser()), name=name)
     if name != OFFLINE_MODEL:
         log.warning("policy_model %r has no endpoint (policy_base_url) and is not a local folder "
