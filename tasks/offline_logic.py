@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.offline_assertions import Assertion, assertions, conflict, denial_against
 from tasks.offline_text import (
     EPISTEMIC,
     NEGATIONS,
@@ -299,6 +300,25 @@ def disagreement(first: list[Claim], second: list[Claim], windows: tuple[np.ndar
     return cue if cue and cue[0] > 0 else None
 
 
+def asserted_conflict(first: list[Assertion], second: list[Assertion], second_text: str,
+                      first_text: str) -> tuple[float, str] | None:
+    """The strongest conflict between two sentences' subject-bound assertions."""
+    best: tuple[float, str] | None = None
+    for a in first:
+        for b in second:
+            cue = conflict(a, b)
+            if cue and (best is None or cue[0] > best[0]):
+                best = cue
+    for denials, text in ((first, second_text), (second, first_text)):
+        for d in denials:
+            if d.kind != "denial":
+                continue
+            cue = denial_against(d, text)
+            if cue and (best is None or cue[0] > best[0]):
+                best = cue
+    return best
+
+
 def contradictions(said: list[str], read: list[list[Claim]], similarity: np.ndarray,
                    windows: list[np.ndarray], sentence_vectors: np.ndarray,
                    ) -> list[tuple[int, int, float, str]]:
@@ -306,6 +326,7 @@ def contradictions(said: list[str], read: list[list[Claim]], similarity: np.ndar
     one, its strongest pair only. ``read[i]``: claims of sentence i; ``windows[i]``: their
     window vectors; ``similarity``: the sentences' cosine matrix."""
     found = []
+    asserted = [assertions(s) for s in said]
     for j in range(1, len(said)):
         best: tuple[float, int, str] | None = None
         for i in range(j):
@@ -315,6 +336,9 @@ def contradictions(said: list[str], read: list[list[Claim]], similarity: np.ndar
                                (sentence_vectors[i], sentence_vectors[j]),
                                float(similarity[i, j]), bool(_CORRECTION.match(said[j])),
                                (said[i], said[j]))
+            plain = asserted_conflict(asserted[i], asserted[j], said[j], said[i])
+            if plain and (cue is None or plain[0] > cue[0]):
+                cue = plain
             if cue and (best is None or cue[0] > best[0]):
                 best = (cue[0], i, cue[1])
         if best:

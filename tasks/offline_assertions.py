@@ -1,0 +1,344 @@
+"""Subject-bound assertions: what a clause says about what, for the offline judge's logicality.
+
+A sentence is cut into clauses (at commas, semicolons and joining words) and each clause is read
+for three kinds of assertion, each bound to its subject, the content words that name what it
+is about (the words just before the verb, else just after):
+
+- a direction: "container traffic dropped" (down), "the rate would stay at $11.40" (stable),
+  "the harvest was larger than the five-year average" (up, compared with that average);
+- a scope: "every customer", "all 24 schools", "the only site", "no property", against a part
+  of the same things elsewhere: "28,000 of the 41,600 customers", "the other two sites",
+  "three of the 14 sites";
+- a denial: "card numbers were not in the files", against a clause stating the same subject
+  plainly: "obtained the card numbers".
+
+Two assertions conflict when they are of one kind, about one subject (shared content words), in
+one mode (what happened / what is expected: "prices fell" and "prices are expected to rise" do
+not conflict), of no different years, and say opposite things. It reads words, not meaning: a
+contradiction by paraphrase ("nothing was placed in the grave" / "buried with a pot") goes
+unseen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tasks.offline_text import (
+    EPISTEMIC,
+    MONTHS,
+    NEGATIONS,
+    NUMBER_WORDS,
+    STOPWORDS,
+    _stem,
+    values,
+    words,
+    wordset,
+)
+
+_UP = wordset(
+    "rose rise rises risen rising increase increased increases grew grow grows growing climbed "
+    "climb climbs gain gained gains improved improve boost boosted surged jumped doubled "
+    "exceeded expanded")
+_DOWN = wordset(
+    "fell fall falls fallen falling drop dropped drops declined decline declines decrease "
+    "decreased decreases shrank shrunk slipped halved dwindled")
+_STABLE = wordset(
+    "unchanged stable steady flat stay stays stayed remain remains remained stabilise "
+    "stabilize")
+_MORE = wordset("larger bigger greater higher more above over longer heavier")
+_LESS = wordset("smaller less lower fewer below under shorter lighter")
+# what is expected, planned or supposed is not what happened
+_EXPECTED = wordset(
+    "will would expected expects expect forecast forecasts projected planned could may might "
+    "should likely predicted predicts whether recommends recommend recommended recommendations "
+    "proposes propose proposed proposal urged urges")
+_INTENDS = wordset("plan plans aim aims hope hopes want wants target targets intend intends")
+# words of the negation list that report an event rather than deny one
+_NOT_DENIALS = wordset("without failed unable")
+_UNIVERSAL = wordset("every all each entire whole")
+_PART = wordset("other remaining rest some most several few many part")
+_ONE = (("the", "only"), ("only", "one"), ("a", "single"), ("just", "one"), ("the", "sole"))
+# words that say nothing about which thing a clause is about
+_VAGUE = wordset(
+    "still now already actually also overall however instead itself themselves even just "
+    "year years time last new first total number level lot way part thing things further "
+    "slightly sharply largely mostly mainly nearly roughly about")
+_BREAK = re.compile(r"[,;:()\u2013\u2014]|\s(?:but|while|whereas|although|though|yet|so|and|"
+                    r"because|which|who|where|after|before|until|when|since|as)\s", re.I)
+_PLACED = wordset("finished finishing finish finishes placed came ranked ended")
+_ORDINALS = wordset(
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth")
+# bounds that compare with what follows them: "above the legal limit", "within the forecast"
+_ABOVE = wordset("above beyond exceeding exceeds exceeded")
+_BELOW = wordset("below within")
+# states that exclude each other, said of one subject: (group, one side, the other side); a
+# phrase is its words joined by spaces
+_POLAR = (
+    ("continue", "continue continues continued continuing stay stays stayed staying join joins "
+                 "joined rejoin", "leave leaves leaving quit quits withdraw withdraws withdrew "
+                 "withdrawn exit exits"),
+    ("open", "open opens opened reopen reopens reopened", "close closes closed closing shut "
+                                                          "shuts"),
+    ("pass", "pass passes passed", "fail fails failed"),
+    ("start", "start starts started begin begins began begun resume resumes resumed launch "
+              "launches launched", "stop stops stopped halt halts halted cancel cancels "
+              "cancelled canceled scrap scraps scrapped abandon abandoned shelve shelved "
+              "suspend suspended"),
+    ("outcome", "upheld uphold upholds accepted accept accepts approved approve approves "
+                "granted grant grants allowed awarded succeeded", "dismissed dismiss dismisses "
+                "rejected reject rejects refused refuse refuses denied overturned"),
+    ("include", "include includes included", "exclude excludes excluded omitted omit"),
+    ("support", "support supports supported favour favours favoured favor favors favored",
+                "oppose opposes opposed"),
+    ("verdict", "convicted guilty", "acquitted cleared"),
+    ("schedule", "on time on schedule on course on track ahead of schedule",
+                 "delayed late behind schedule postponed"),
+)
+_YEAR = re.compile(r"(?:18|19|20)\d\d")
+
+
+def _phrases(side: str) -> list[str]:
+    """The words of a lexicon side, with "on time"-like pairs kept together."""
+    tokens, out, k = side.split(), [], 0
+    while k < len(tokens):
+        if tokens[k] in ("on", "ahead", "behind") and k + 1 < len(tokens):
+            span = 3 if tokens[k + 1] == "of" else 2
+            out.append(" ".join(tokens[k:k + span]))
+            k += span
+        else:
+            out.append(tokens[k])
+            k += 1
+    return out
+
+
+_POLAR_WORDS = {tuple(phrase.split()): (group, sign)
+                for group, yes, no in _POLAR
+                for sign, side in (("+", yes), ("-", no))
+                for phrase in _phrases(side)}
+
+
+@dataclass(frozen=True)
+class Assertion:
+    kind: str                 # direction | state | place | scope | denial
+    value: str                # up / down / stable; group:+ / group:-; an ordinal; all / one /
+                              # none /
+                              # part; denied
+    subject: frozenset[str]   # stems naming what it is about
+    target: frozenset[str] = frozenset()   # a comparison's: what it is compared with
+    frame: frozenset[str] = frozenset()    # the years and months named in its clause
+    expected: bool = False    # said of what is expected, planned or possible
+    count: float | None = None  # a scope's: how many ("the only" 1, "all 24" 24)
+    text: str = ""            # the clause
+
+
+def _content(tokens: list[str]) -> list[str]:
+    return [_stem(t) for t in tokens
+            if t[0].isalpha() and t not in STOPWORDS and t not in _VAGUE and len(t) > 1
+            and t not in NEGATIONS and t not in NUMBER_WORDS and not t.endswith("n't")
+            and not (t.endswith("ly") and len(t) > 5)]
+
+
+def _subject(tokens: list[str], k: int, span: int = 1) -> frozenset[str]:
+    """What the word at ``k`` is said of: up to four content words before it, else after."""
+    before = _content(tokens[:k])[-4:]
+    return frozenset(before or _content(tokens[k + span:k + span + 6])[:4])
+
+
+def clauses(sentence: str) -> list[str]:
+    return [c.strip() for c in _BREAK.split(f" {sentence} ") if c and c.strip()]
+
+
+def _count_before(tokens: list[str], k: int) -> float | None:
+    for v in values(" ".join(tokens[max(0, k - 2):k])):
+        return v.number
+    return None
+
+
+def assertions(sentence: str) -> list[Assertion]:
+    """The subject-bound assertions of one sentence."""
+    found: list[Assertion] = []
+    sentence_tokens = words(sentence)
+    frame = frozenset(t for t in sentence_tokens if _YEAR.fullmatch(t) or t in MONTHS)
+    expected = False  # an expectation carries into the clauses after it
+    for clause in clauses(sentence):
+        tokens = words(clause)
+        if not tokens:
+            continue
+        expected = expected or _expected(tokens)
+        common = dict(frame=frame, expected=expected, text=clause)
+        negated = [k for k, t in enumerate(tokens)
+                   if (t in NEGATIONS and t not in _NOT_DENIALS) or t.endswith("n't")]
+        for k, token in enumerate(tokens):
+            following = tokens[k + 1] if k + 1 < len(tokens) else ""
+            state = _state(tokens, k)
+            if state:
+                group, sign, span = state
+                if negated and negated[0] < k:
+                    sign = "-" if sign == "+" else "+"   # "did not continue": left
+                found.append(Assertion("state", f"{group}:{sign}",
+                                       _subject(tokens, k, span), **common))
+            if token in _PLACED and following in _ORDINALS:  # "finished fourth"
+                found.append(Assertion("place", following, _subject(tokens, k, 2), **common))
+            compared = _comparison(tokens, k)
+            if compared:
+                direction, target = compared
+                found.append(Assertion("direction", direction, _subject(tokens, k), target,
+                                       **common))
+            elif token in ("grew", "grow", "grows", "growing") and following == "up":
+                continue  # "she grew up locally"
+            elif token in _UP or token in _DOWN or token in _STABLE or \
+                    (token in ("up", "down") and following in ("from", "by", "to")):
+                value = ("up" if token in _UP or token == "up" else
+                         "down" if token in _DOWN or token == "down" else "stable")
+                if negated and value != "stable":
+                    continue  # "did not rise": not a direction of its own
+                found.append(Assertion("direction", value, _subject(tokens, k), **common))
+        found += _scopes(tokens, common)
+    found += _denials(sentence, frame)
+    return found
+
+
+def _state(tokens: list[str], k: int) -> tuple[str, str, int] | None:
+    """(group, sign, words) of a state word or phrase starting at ``k``."""
+    for span in (3, 2, 1):
+        hit = _POLAR_WORDS.get(tuple(tokens[k:k + span]))
+        if hit:
+            return (*hit, span)
+    return None
+
+
+def _comparison(tokens: list[str], k: int) -> tuple[str, frozenset[str]] | None:
+    """("up" | "down", what it is compared with) of a comparison at ``k``: "more sediment than
+    the model predicted", "above the legal limit"; not a bound on a figure ("more than 15")."""
+    token = tokens[k]
+    if token in _MORE or token in _LESS:
+        than = next((j for j in range(k + 1, min(k + 4, len(tokens))) if tokens[j] == "than"),
+                    None)
+        if than is None:
+            return None
+        start, direction = than + 1, "up" if token in _MORE else "down"
+    elif token in _ABOVE or token in _BELOW:
+        start, direction = k + 1, "up" if token in _ABOVE else "down"
+    else:
+        return None
+    if any(c.isdigit() for c in "".join(tokens[start:start + 2])):
+        return None
+    target = frozenset(_content(tokens[start:start + 6])[:3])
+    return (direction, target) if target else None
+
+
+def _expected(tokens: list[str]) -> bool:
+    return any(t in _EXPECTED or (t in _INTENDS and tokens[k + 1:k + 2] == ["to"])
+               for k, t in enumerate(tokens))
+
+
+def _denials(sentence: str, frame: frozenset[str]) -> list[Assertion]:
+    """A denial is about its whole coordinated phrase ("card numbers and banking passwords
+    were not in the files"), so it is read in parts cut at punctuation and contrasts only;
+    what it is about is the words before the negation when there are two or more ("card
+    numbers ... passwords"), else the words after it ("there was no procedure for ...")."""
+    found = []
+    for part in re.split(r"[,;:()\u2013\u2014]|\s(?:but|while|whereas|although|though|where)\s",
+                         sentence):
+        tokens = words(part)
+        negated = [k for k, t in enumerate(tokens)
+                   if (t in NEGATIONS and t not in _NOT_DENIALS) or t.endswith("n't")]
+        if not negated or any(t in EPISTEMIC for t in tokens[negated[0]:negated[0] + 4]):
+            continue
+        before = frozenset(_content(tokens[:negated[0]]))
+        subject = before if len(before) >= 2 else frozenset(_content(tokens))
+        if subject:
+            found.append(Assertion("denial", "denied", subject, frame=frame,
+                                   expected=_expected(tokens), text=part.strip()))
+    return found
+
+
+def _scopes(tokens: list[str], common: dict) -> list[Assertion]:
+    found = []
+    for k, token in enumerate(tokens):
+        pair = tuple(tokens[k:k + 2])
+        noun_at = None
+        if pair in _ONE:
+            noun_at, value, count = k + 2, "one", 1.0
+        elif token in _UNIVERSAL and token != "each":
+            count = None
+            noun_at = k + 1
+            if noun_at < len(tokens) and values(tokens[noun_at]):  # "all 24 schools"
+                count = values(tokens[noun_at])[0].number
+                noun_at += 1
+            value = "all"
+        elif token in ("no", "none", "nothing", "nobody") and k + 1 < len(tokens):
+            noun_at, value, count = (k + 1 if token == "no" else k + 3), "none", 0.0
+        elif token in _PART or (token == "of" and (k == 0 or values(tokens[k - 1]))):
+            noun_at, value = k + 1, "part"
+            count = _count_before(tokens, k) if token == "of" else None
+        if noun_at is None or noun_at >= len(tokens):
+            continue
+        # the things counted: the content words of the noun phrase that follows
+        noun = frozenset(_content(tokens[noun_at:noun_at + 4]))
+        if not noun:
+            continue
+        rest = frozenset(_content(tokens[:k] + tokens[noun_at:])) - noun
+        found.append(Assertion("scope", value, noun, rest, count=count, **common))
+    return found
+
+
+def _same_subject(a: Assertion, b: Assertion) -> float:
+    """How plainly two assertions are about one thing: the share of the smaller subject that
+    the other names."""
+    if not a.subject or not b.subject:
+        return 0.0
+    return len(a.subject & b.subject) / min(len(a.subject), len(b.subject))
+
+
+def conflict(a: Assertion, b: Assertion) -> tuple[float, str] | None:
+    """(strength, reason) when assertions ``a`` and ``b`` cannot both hold; None otherwise."""
+    if a.expected != b.expected or (a.frame and b.frame and not a.frame & b.frame):
+        return None
+    if a.kind == b.kind == "direction" and a.value != b.value:
+        same = _same_subject(a, b)
+        if a.target or b.target:   # a comparison: with the same thing, or it is no conflict
+            if not (a.target and b.target and a.target & b.target):
+                return None
+            same = max(same, 0.5)
+        if same >= 0.5:
+            return 0.9 * same, f"one says {a.value}, the other {b.value}, of the same thing"
+    if a.kind == b.kind == "place" and a.value != b.value:
+        # one answer's places are mostly of one subject: another's place names it
+        return 0.6 + 0.3 * min(1.0, _same_subject(a, b)), \
+            f"placed {a.value} and {b.value}"
+    if a.kind == b.kind == "state" and a.value != b.value and \
+            a.value.split(":")[0] == b.value.split(":")[0] and _same_subject(a, b) >= 0.5:
+        return 0.9 * _same_subject(a, b), \
+            f"opposite states of the same thing ({a.text!r} / {b.text!r})"
+    if a.kind == b.kind == "scope" and a.subject & b.subject and a.value != b.value:
+        values_ = {a.value, b.value}
+        shared = len(a.target & b.target)
+        if "part" in values_ and values_ & {"all", "one"} and shared >= 1:
+            whole = a if a.value != "part" else b
+            part = b if whole is a else a
+            if whole.value == "one" and part.count in (None, 1.0):
+                return None
+            things = " ".join(sorted(a.subject & b.subject))
+            return min(1.0, 0.5 + 0.25 * shared), \
+                f"{whole.value} of them against a part of them ({things})"
+        if values_ == {"one", "all"} and shared >= 2:
+            return 0.6, "the only one against all of them"
+    return None
+
+
+def denial_against(denial: Assertion, sentence: str) -> tuple[float, str] | None:
+    """A denial against a clause of ``sentence`` that states its subject plainly (no
+    negation): strong when the clause names most of what the denial is about."""
+    best, expected = 0.0, False
+    for clause in clauses(sentence):
+        tokens = words(clause)
+        expected = expected or _expected(tokens)
+        if any(t in NEGATIONS or t.endswith("n't") for t in tokens) or \
+                expected != denial.expected:
+            continue
+        shared = denial.subject & set(_content(tokens))
+        if len(shared) >= 2 and len(shared) / len(denial.subject) >= 0.5:
+            best = max(best, 0.5 + 0.4 * len(shared) / len(denial.subject))
+    return (best, "one denies what the other states") if best else None
