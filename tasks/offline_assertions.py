@@ -228,6 +228,11 @@ def _comparison(tokens: list[str], k: int) -> tuple[str, frozenset[str]] | None:
     return (direction, target) if target else None
 
 
+def expects(text: str) -> bool:
+    """Whether a text speaks of what is expected, planned or possible."""
+    return _expected(words(text))
+
+
 def _expected(tokens: list[str]) -> bool:
     return any(t in _EXPECTED or (t in _INTENDS and tokens[k + 1:k + 2] == ["to"])
                for k, t in enumerate(tokens))

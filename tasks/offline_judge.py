@@ -14,6 +14,8 @@ approximates:
 - logicality: pairs of sentences about the same thing (embedding or word overlap) that
   disagree: different figures or places of one kind, opposite trends or outcomes, a denial of
   the same predicate, or an absolute claim against a counted one (:mod:`tasks.offline_logic`);
+  and clauses that say opposite things of one subject: directions, comparisons, states,
+  places, all against a part, a denial of what another states (:mod:`tasks.offline_assertions`);
 - statements: the answer's sentences minus functional and linking ones ("Here are ...", "I
   hope ...", "There were bright spots.");
 - support: adjacent segments joined back into one text; each figure and name of the statement

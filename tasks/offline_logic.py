@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.offline_assertions import Assertion, assertions, conflict, denial_against
+from tasks.offline_assertions import expects as _expects
 from tasks.offline_text import (
     EPISTEMIC,
     NEGATIONS,
@@ -160,7 +161,8 @@ def claims(sentence: str) -> list[Claim]:
                                                         ("from", "by", "to"))
                      else "stable" if token in _STABLE else None)
         if direction:
-            found.append(Claim("trend", direction, None, around(k)))
+            found.append(Claim("trend", direction, None, around(k),
+                               frame=_time_frame(tokens)))
         elif token in _GRANTED or token in _REFUSED:
             found.append(Claim("outcome", "granted" if token in _GRANTED else "refused", None,
                                around(k)))
@@ -205,7 +207,8 @@ def _disagree(a: Claim, b: Claim, mine: list[Claim], theirs: list[Claim]) -> str
         low, high = sorted((abs(a.value.number), abs(b.value.number)))
         if a.detail == "month" or (low and high / low <= 5):
             return f"{a.detail.split(':')[0]} figures differ ({a.value.text} / {b.value.text})"
-    if a.kind == b.kind and a.kind in ("trend", "outcome") and a.detail != b.detail:
+    if a.kind == b.kind and a.kind in ("trend", "outcome") and a.detail != b.detail and \
+            not (_expects(a.window) ^ _expects(b.window)) and _frames_agree(a, b):
         return f"one says {a.detail}, the other {b.detail}"
     return None
 

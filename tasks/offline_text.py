@@ -172,8 +172,7 @@ def values(text: str) -> list[Value]:
             kind = "day"
         elif before in _CURRENCY:
             kind = "money"
-        elif after and _stem(after[0].rstrip("s")) in _DURATION or \
-                (after and after[0].rstrip("s") in _DURATION):
+        elif after and after[0].rstrip("s") in _DURATION:  # not "monthly": how often
             kind = "duration"
             number *= _DURATION[after[0].rstrip("s")]
         elif re.fullmatch(r"1[89]\d\d|20\d\d", tokens[i].rstrip("s")) and span == 1:

@@ -50,11 +50,12 @@ def setup(embedder):
     return judge, embedder, index, key_points
 
 
-# The splits the test scores: ``fresh`` (written before tuning, then tuned on) and ``final``
-# (written after tuning, never tuned on). ``tune`` and ``held_out`` (the first round's, both
-# tuned on by now) are printed by ``bench/offline_judge.py``; scoring them here too would add a
-# minute to the suite. One judge for all, its per-text cache shared with the segment index.
-TESTED = ("fresh", "final")
+# The splits the test scores: ``fresh`` and ``final`` (each written before a round of tuning,
+# scored untouched first, tuned on since) and ``sealed`` (written blind, by someone who never
+# read the judge, and never tuned on). ``tune`` and ``held_out`` are printed by
+# ``bench/offline_judge.py``; scoring them here too would add a minute to the suite. One judge
+# for all, its per-text cache shared with the segment index.
+TESTED = ("fresh", "final", "sealed")
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +64,13 @@ def scored(embedder):
     return {split: evaluate(judge, judge, load_items(split)) for split in TESTED}
 
 
-# The bar is 90% everywhere (issue 13). Faithfulness, helpfulness and completeness meet it on
-# both splits; logicality does not (measured: fresh 60% own dimension / 80% reward, final 40% /
-# 60%): a contradiction by paraphrase, by comparison ("larger than the average" / "27 per cent
-# less") or by denying another predicate is beyond this judge, so its floor guards against
-# regressions until it does.
-FLOOR = {"fresh": 0.6, "final": 0.4}
+# The bar is 90% everywhere (issue 13), and the tuned splits meet it on all four dimensions.
+# The sealed split does not: measured blind, clean beat its defect on the defect's own dimension
+# / on the reward in faithfulness 80% / 80%, completeness 80% / 60%, logicality 50% / 60%,
+# helpfulness 100% / 100%. Its floors, about one item below those figures, guard against
+# regressions until the judge earns the bar there.
+FLOOR = {"sealed": {"faithfulness": 0.7, "completeness": 0.5, "logicality": 0.4,
+                    "helpfulness": 0.9}}
 
 
 @pytest.mark.timeout(1200)  # the whole set through the real scorers: minutes on 2 cores
@@ -76,9 +78,8 @@ FLOOR = {"fresh": 0.6, "final": 0.4}
 def test_clean_answers_beat_planted_defects_on_their_dimension_and_reward(scored, split):
     rates = win_rates(scored[split])
     assert set(rates) == set(DEFECTS)
-    assert min(rates["faithfulness"] + rates["helpfulness"]) >= 0.9, rates
-    assert min(rates["completeness"]) >= 0.9, rates  # fresh 100% / 90%, final 100% / 100%
-    assert min(rates["logicality"]) >= FLOOR[split], rates
+    for defect, bar in FLOOR.get(split, dict.fromkeys(DEFECTS, 0.9)).items():
+        assert min(rates[defect]) >= bar, (defect, rates)
 
 
 def test_the_evaluation_set_is_what_it_claims():
