@@ -52,7 +52,7 @@ _LESS = wordset("smaller less lower fewer below under shorter lighter")
 _EXPECTED = wordset(
     "will would expected expects expect forecast forecasts projected planned could may might "
     "should likely predicted predicts whether recommends recommend recommended recommendations "
-    "proposes propose proposed proposal urged urges")
+    "proposes propose proposed proposal urged urges guiding guidance outlook")
 _INTENDS = wordset("plan plans aim aims hope hopes want wants target targets intend intends")
 # words of the negation list that report an event rather than deny one
 _NOT_DENIALS = wordset("without failed unable")
@@ -64,16 +64,17 @@ _VAGUE = wordset(
     "still now already actually also overall however instead itself themselves even just "
     "year years time last new first total number level lot way part thing things further "
     "slightly sharply largely mostly mainly nearly roughly about")
-_BREAK = re.compile(r"[,;:()\u2013\u2014]|\s(?:but|while|whereas|although|though|yet|so|and|"
-                    r"because|which|who|where|after|before|until|when|since|as)\s", re.I)
+_BREAK = re.compile(r"(?:,(?!\d{3}))|[;:()\u2013\u2014]|\s(?:but|while|whereas|although|"
+                    r"though|yet|so|and|because|which|who|where|after|before|until|when|since|"
+                    r"as)\s", re.I)
 _PLACED = wordset("finished finishing finish finishes placed came ranked ended")
 _ORDINALS = wordset(
     "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth")
 # bounds that compare with what follows them: "above the legal limit", "within the forecast"
 _ABOVE = wordset("above beyond exceeding exceeds exceeded")
 _BELOW = wordset("below within")
-# states that exclude each other, said of one subject: (group, one side, the other side); a
-# phrase is its words joined by spaces
+# states that exclude each other, said of one subject: (group, one side, the other side); the
+# words of a phrase are joined by "_"
 _POLAR = (
     ("continue", "continue continues continued continuing stay stays stayed staying join joins "
                  "joined rejoin", "leave leaves leaving quit quits withdraw withdraws withdrew "
@@ -87,37 +88,34 @@ _POLAR = (
               "suspend suspended"),
     ("outcome", "upheld uphold upholds accepted accept accepts approved approve approves "
                 "granted grant grants allowed awarded succeeded", "dismissed dismiss dismisses "
-                "rejected reject rejects refused refuse refuses denied overturned"),
+                "rejected reject rejects refused refuse refuses denied"),
+    # a decision still in force, or undone: said of the decision, before or after the verb
+    ("force", "stands still_stands in_force", "overturned overturning overturns overturn "
+              "quashed quashing set_aside reversed reversing lifted revoked"),
     ("include", "include includes included", "exclude excludes excluded omitted omit"),
-    ("support", "support supports supported favour favours favoured favor favors favored",
-                "oppose opposes opposed"),
+    ("support", "support supports supported favour favours favoured favor favors favored "
+                "in_favour in_favor", "oppose opposes opposed against_it"),
     ("verdict", "convicted guilty", "acquitted cleared"),
-    ("schedule", "on time on schedule on course on track ahead of schedule",
-                 "delayed late behind schedule postponed"),
+    ("schedule", "on_time on_schedule on_course on_track ahead_of_schedule",
+                 "delayed late behind_schedule postponed"),
+    # the first ever, or back again
+    ("new", "first_time_in first_time_ever first_ever never_before",
+            "return returns returned returning reinstated reintroduced"),
 )
-_YEAR = re.compile(r"(?:18|19|20)\d\d")
-
-
-def _phrases(side: str) -> list[str]:
-    """The words of a lexicon side, with "on time"-like pairs kept together."""
-    tokens, out, k = side.split(), [], 0
-    while k < len(tokens):
-        if tokens[k] in ("on", "ahead", "behind") and k + 1 < len(tokens):
-            span = 3 if tokens[k + 1] == "of" else 2
-            out.append(" ".join(tokens[k:k + span]))
-            k += span
-        else:
-            out.append(tokens[k])
-            k += 1
-    return out
-
-
-_POLAR_WORDS = {tuple(phrase.split()): (group, sign)
+_POLAR_WORDS = {tuple(phrase.split("_")): (group, sign)
                 for group, yes, no in _POLAR
                 for sign, side in (("+", yes), ("-", no))
-                for phrase in _phrases(side)}
-
-
+                for phrase in side.split()}
+_BOTH_SIDES = {"force"}
+# whether a thing ever existed before does not depend on when it is said: "trains return" and
+# "will have trains for the first time" conflict in any tense
+_TIMELESS = {"new"}   # groups whose subject may follow the verb ("overturning the refusal")
+# "trains will stop there": a call at a place, not an end
+_STOP_AT = wordset("at there here in outside near")
+_YEAR = re.compile(r"(?:18|19|20)\d\d")
+# a denial's parts: cut at punctuation and contrasts, not at "and" ("X and Y were not ...")
+_CONTRAST = re.compile(r"(?:,(?!\d{3}))|[;:()\u2013\u2014]|\s(?:but|while|whereas|although|"
+                       r"though|where)\s")
 @dataclass(frozen=True)
 class Assertion:
     kind: str                 # direction | state | place | scope | denial
@@ -125,7 +123,8 @@ class Assertion:
                               # none /
                               # part; denied
     subject: frozenset[str]   # stems naming what it is about
-    target: frozenset[str] = frozenset()   # a comparison's: what it is compared with
+    target: frozenset[str] = frozenset()   # a comparison's: what it is compared with; a
+                                           # state's: the figures of its clause
     frame: frozenset[str] = frozenset()    # the years and months named in its clause
     expected: bool = False    # said of what is expected, planned or possible
     count: float | None = None  # a scope's: how many ("the only" 1, "all 24" 24)
@@ -133,7 +132,7 @@ class Assertion:
 
 
 def _content(tokens: list[str]) -> list[str]:
-    return [_stem(t) for t in tokens
+    return [_stem(t.removesuffix("'s")) for t in tokens
             if t[0].isalpha() and t not in STOPWORDS and t not in _VAGUE and len(t) > 1
             and t not in NEGATIONS and t not in NUMBER_WORDS and not t.endswith("n't")
             and not (t.endswith("ly") and len(t) > 5)]
@@ -176,8 +175,13 @@ def assertions(sentence: str) -> list[Assertion]:
                 group, sign, span = state
                 if negated and negated[0] < k:
                     sign = "-" if sign == "+" else "+"   # "did not continue": left
-                found.append(Assertion("state", f"{group}:{sign}",
-                                       _subject(tokens, k, span), **common))
+                subject = _subject(tokens, k, span)
+                if group in _BOTH_SIDES:
+                    subject |= frozenset(_content(tokens[k + span:k + span + 6])[:4])
+                figures = frozenset(f"{v.number:g} {v.kind}" for v in values(clause)
+                                    if v.kind not in ("year", "month", "day"))
+                found.append(Assertion("state", f"{group}:{sign}", subject, figures,
+                                       **common))
             if token in _PLACED and following in _ORDINALS:  # "finished fourth"
                 found.append(Assertion("place", following, _subject(tokens, k, 2), **common))
             compared = _comparison(tokens, k)
@@ -194,7 +198,7 @@ def assertions(sentence: str) -> list[Assertion]:
                 if negated and value != "stable":
                     continue  # "did not rise": not a direction of its own
                 found.append(Assertion("direction", value, _subject(tokens, k), **common))
-        found += _scopes(tokens, common)
+        found += _scopes(tokens, sentence_tokens, common)
     found += _denials(sentence, frame)
     return found
 
@@ -203,7 +207,8 @@ def _state(tokens: list[str], k: int) -> tuple[str, str, int] | None:
     """(group, sign, words) of a state word or phrase starting at ``k``."""
     for span in (3, 2, 1):
         hit = _POLAR_WORDS.get(tuple(tokens[k:k + span]))
-        if hit:
+        if hit and not (tokens[k].startswith("stop") and tokens[k + 1:k + 2]
+                        and tokens[k + 1] in _STOP_AT):
             return (*hit, span)
     return None
 
@@ -222,7 +227,7 @@ def _comparison(tokens: list[str], k: int) -> tuple[str, frozenset[str]] | None:
         start, direction = k + 1, "up" if token in _ABOVE else "down"
     else:
         return None
-    if any(c.isdigit() for c in "".join(tokens[start:start + 2])):
+    if values(" ".join(tokens[start:start + 2])):   # "within two hours": a bound on a figure
         return None
     target = frozenset(_content(tokens[start:start + 6])[:3])
     return (direction, target) if target else None
@@ -244,8 +249,7 @@ def _denials(sentence: str, frame: frozenset[str]) -> list[Assertion]:
     what it is about is the words before the negation when there are two or more ("card
     numbers ... passwords"), else the words after it ("there was no procedure for ...")."""
     found = []
-    for part in re.split(r"[,;:()\u2013\u2014]|\s(?:but|while|whereas|although|though|where)\s",
-                         sentence):
+    for part in _CONTRAST.split(sentence):
         tokens = words(part)
         negated = [k for k, t in enumerate(tokens)
                    if (t in NEGATIONS and t not in _NOT_DENIALS) or t.endswith("n't")]
@@ -259,7 +263,7 @@ def _denials(sentence: str, frame: frozenset[str]) -> list[Assertion]:
     return found
 
 
-def _scopes(tokens: list[str], common: dict) -> list[Assertion]:
+def _scopes(tokens: list[str], sentence_tokens: list[str], common: dict) -> list[Assertion]:
     found = []
     for k, token in enumerate(tokens):
         pair = tuple(tokens[k:k + 2])
@@ -284,7 +288,7 @@ def _scopes(tokens: list[str], common: dict) -> list[Assertion]:
         noun = frozenset(_content(tokens[noun_at:noun_at + 4]))
         if not noun:
             continue
-        rest = frozenset(_content(tokens[:k] + tokens[noun_at:])) - noun
+        rest = frozenset(_content(sentence_tokens)) - noun   # what is said of them
         found.append(Assertion("scope", value, noun, rest, count=count, **common))
     return found
 
@@ -299,7 +303,9 @@ def _same_subject(a: Assertion, b: Assertion) -> float:
 
 def conflict(a: Assertion, b: Assertion) -> tuple[float, str] | None:
     """(strength, reason) when assertions ``a`` and ``b`` cannot both hold; None otherwise."""
-    if a.expected != b.expected or (a.frame and b.frame and not a.frame & b.frame):
+    timeless = a.kind == b.kind == "state" and a.value.split(":")[0] in _TIMELESS
+    if (a.expected != b.expected or (a.frame and b.frame and not a.frame & b.frame)) and \
+            not timeless:
         return None
     if a.kind == b.kind == "direction" and a.value != b.value:
         same = _same_subject(a, b)
@@ -314,9 +320,11 @@ def conflict(a: Assertion, b: Assertion) -> tuple[float, str] | None:
         return 0.6 + 0.3 * min(1.0, _same_subject(a, b)), \
             f"placed {a.value} and {b.value}"
     if a.kind == b.kind == "state" and a.value != b.value and \
-            a.value.split(":")[0] == b.value.split(":")[0] and _same_subject(a, b) >= 0.5:
-        return 0.9 * _same_subject(a, b), \
-            f"opposite states of the same thing ({a.text!r} / {b.text!r})"
+            a.value.split(":")[0] == b.value.split(":")[0]:
+        # of one subject, or of one figure ("41 per cent in favour" / "41 per cent opposed")
+        same = max(_same_subject(a, b), 0.8 * bool(a.target & b.target))
+        if same >= 0.5:
+            return 0.9 * same, f"opposite states of the same thing ({a.text!r} / {b.text!r})"
     if a.kind == b.kind == "scope" and a.subject & b.subject and a.value != b.value:
         values_ = {a.value, b.value}
         shared = len(a.target & b.target)

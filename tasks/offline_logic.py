@@ -72,13 +72,22 @@ _QUALIFIED = wordset(
     "against votes")
 _LOWER = wordset("over above least exceeding")  # "more than 15", "at least 15"
 _UPPER = wordset("under below within most")      # "less than 15", "up to 15", "at most"
+_OR_MORE = {("or", "more"), ("or", "over"), ("or", "above"), ("and", "over"), ("and", "above"),
+            ("or", "higher"), ("plus",)}
+_OR_LESS = {("or", "less"), ("or", "fewer"), ("or", "under"), ("or", "below"), ("and", "under"),
+            ("or", "lower")}
+# a number after these names a thing ("route 5", "platform 2"), it does not count one
+_LABELS = wordset(
+    "route line platform level grade gate bay junction exit flight ward phase stage section "
+    "article clause chapter page table figure room block unit zone channel lane pier berth "
+    "terminal no number model version series class category type tier band step")
 _ORDINALS = wordset(
     "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth")
 _ORDINAL_PLACE = {w: k for k, w in enumerate(sorted(_ORDINALS, key=lambda w: (
     "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth")
     .index(w)), 1)}
 _CORRECTION = re.compile(r"^(in fact|actually|in reality|on the contrary|contrary to)\b", re.I)
-_STRENGTH = {"figure": 1.0, "month": 0.5, "trend": 0.8, "outcome": 0.8, "negation": 0.7,
+_STRENGTH = {"figure": 1.0, "month": 0.5, "trend": 0.4, "outcome": 0.4, "negation": 0.7,
              "absolute": 0.5, "correction": 0.4}
 _SKIPPED_KINDS = ("day", "year")  # dates of different events differ: not a contradiction
 
@@ -101,8 +110,13 @@ def _time_frame(tokens: list[str]) -> frozenset[str]:
     return frozenset(t for t in tokens if re.fullmatch(r"(?:18|19|20)\d\d", t))
 
 
-def _bound(tokens: list[str], start: int) -> str:
+def _bound(tokens: list[str], start: int, span: int = 1) -> str:
     before = tokens[max(0, start - 2): start]
+    after = tuple(tokens[start + span:start + span + 2])
+    if after in _OR_MORE:     # "three or more inhalers"
+        return "lower"
+    if after in _OR_LESS:
+        return "upper"
     if before[-1:] and (before[-1] in _LOWER or before == ["more", "than"]):
         return "lower"
     if before[-1:] and (before[-1] in _UPPER or before in (["less", "than"], ["fewer", "than"],
@@ -134,11 +148,12 @@ def claims(sentence: str) -> list[Claim]:
     figures = values(sentence)
     starts = [0] + [v.start for v in figures] + [len(tokens)]
     for n, v in enumerate(figures, start=1):
-        if v.kind not in _SKIPPED_KINDS:
+        if v.kind not in _SKIPPED_KINDS and not (v.start and tokens[v.start - 1] in _LABELS):
             frame = _time_frame(tokens[max(0, v.start - 9): v.start + 6])
             # whose figure it is: the words up to the figures either side of it
             slot = tokens[max(starts[n - 1] + 1, v.start - 8): min(starts[n + 1], v.start + 8)]
-            found.append(Claim("figure", v.kind, v, around(v.start), _bound(tokens, v.start),
+            found.append(Claim("figure", v.kind, v, around(v.start),
+                               _bound(tokens, v.start, len(v.text.split())),
                                frame, slot=frozenset(content_words(" ".join(slot)))))
     for k in range(len(tokens) - 2):
         if tuple(tokens[k:k + 2]) in _ONE and tokens[k + 2][0].isalpha():
@@ -208,7 +223,7 @@ def _disagree(a: Claim, b: Claim, mine: list[Claim], theirs: list[Claim]) -> str
         if a.detail == "month" or (low and high / low <= 5):
             return f"{a.detail.split(':')[0]} figures differ ({a.value.text} / {b.value.text})"
     if a.kind == b.kind and a.kind in ("trend", "outcome") and a.detail != b.detail and \
-            not (_expects(a.window) ^ _expects(b.window)) and _frames_agree(a, b):
+            _expects(a.window) == _expects(b.window) and _frames_agree(a, b):
         return f"one says {a.detail}, the other {b.detail}"
     return None
 
@@ -244,7 +259,10 @@ def _cue(first: list[Claim], second: list[Claim], closeness: np.ndarray, plain: 
             if (why := _disagree(a, b, first, second)) and \
                     not _excused(x, y, first, second, closeness):
                 kind = "month" if a.detail == "month" else a.kind
-                offer(_STRENGTH[kind] * _ramp(float(closeness[x, y]), *CLAIMS_ALIKE), why)
+                # figures plainly about one thing share the words bound to them
+                bound = 1.0 if kind != "figure" or a.slot & b.slot else UNBOUND
+                offer(_STRENGTH[kind] * bound * _ramp(float(closeness[x, y]), *CLAIMS_ALIKE),
+                      why)
     for claims_of, other_negated, offset in ((first, plain[1], 0), (second, plain[0], len(first))):
         for k, claim in enumerate(claims_of):
             near = float(whole[offset + k])
@@ -276,6 +294,7 @@ def _ramp(x: float, low: float, high: float) -> float:
     return max(0.0, min(1.0, (x - low) / (high - low)))
 
 
+UNBOUND = 0.4
 SAME_TOPIC = (0.3, 0.55)  # sentence closeness from which a pair can be about one fact
 CLAIMS_ALIKE = (0.45, 0.75)  # closeness of two claims' words from which they may be one fact
 
