@@ -115,8 +115,9 @@ def _shared_calls(lake: str) -> set[str]:
     return {Path(o["Key"]).stem for page in pages for o in page.get("Contents", [])}
 
 
-def _kill_a_scoring_worker(client: Client, judge: FakeOpenAI, after_calls: int) -> int:
-    """SIGKILL a worker process while it runs a scoring batch; returns its pid."""
+def _kill_a_scoring_worker(client: Client, judge: FakeOpenAI,
+                           after_calls: int) -> tuple[int, str]:
+    """SIGKILL a worker process while it runs a scoring batch; returns its pid and address."""
     deadline = time.time() + 120
     while time.time() < deadline:
         if judge.by_path.get("/v1/chat/completions", 0) >= after_calls:
@@ -129,7 +130,7 @@ def _kill_a_scoring_worker(client: Client, judge: FakeOpenAI, after_calls: int) 
                 os.kill(pid, signal.SIGKILL)
                 while _alive(pid) and time.time() < deadline:
                     time.sleep(0.01)
-                return pid
+                return pid, scoring[0]
         time.sleep(0.02)
     raise AssertionError("no scoring batch ran")
 
@@ -164,7 +165,7 @@ def killed_run(cluster: Client, lake_bucket: str) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     with FakeOpenAI(judge_reply, latency_s=0.05) as judge, get_task_stream(cluster) as stream:
         def killer() -> None:
-            seen["pid"] = _kill_a_scoring_worker(cluster, judge, after_calls=12)
+            seen["pid"], seen["killed"] = _kill_a_scoring_worker(cluster, judge, after_calls=12)
             seen["finished"] = _shared_calls(lake)   # first what was finished...
             seen["asked"] = len(judge.bodies)        # ...then what had been asked since
 
@@ -197,9 +198,11 @@ def one_process(lake_bucket: str, tmp_path_factory) -> dict[str, Any]:
 
 def test_worker_processes_killed_or_not_write_the_rows_one_process_writes(killed_run,
                                                                           one_process):
+    # the processes that scored: those that finished a batch, and the one killed in the middle
+    # of one (under load the survivor may finish every batch while the nanny restarts it)
     score_workers = {t["worker"] for t in killed_run["stream"]
-                     if str(t["key"]).startswith("score_task")}
-    assert len(score_workers) >= 2   # batches were scored in several processes
+                     if str(t["key"]).startswith("score_task")} | {killed_run["killed"]}
+    assert len(score_workers) >= 2
     assert killed_run["out"]["publish"]["dataset_version"] == "v1"
     cluster, one = Lake(killed_run["lake"]), Lake(one_process["lake"])
     assert one.count("judgments") == PROMPTS * SAMPLES * 4
