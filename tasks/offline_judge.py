@@ -44,7 +44,7 @@ from tasks.config import OFFLINE_JUDGE
 from tasks.embeddings import Embedder, LocalEmbedder
 from tasks.llm.client import ChatResult
 from tasks.offline_logic import Claim, claims, contradictions, disagreement
-from tasks.offline_text import Value, content_words, names, sentences, values
+from tasks.offline_text import Value, _stem, content_words, names, sentences, values, wordset
 from tasks.score.judge import step_of
 
 MODEL = OFFLINE_JUDGE
@@ -56,6 +56,11 @@ _FUNCTIONAL = re.compile(r"^(here (is|are)|in summary|to summari[sz]e|overall,? 
                          r"let me|the following|below (is|are)|hope this)\b", re.I)
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’-]*")
 _CACHE_SIZE = 50_000
+# what an answer counts when it lays itself out ("three things"): stems, as Value kinds hold
+_TALLY = {_stem(w) for w in wordset(
+    "thing things reason reasons factor factors change changes issue issues point points way "
+    "ways area areas problem problems cause causes lesson lessons main key major big broad "
+    "question questions")}
 
 
 def _section(text: str, tag: str) -> str | None:
@@ -70,6 +75,12 @@ def _clamp(x: float) -> float:
 def _ramp(x: float, low: float, high: float) -> float:
     """0 at ``low``, 1 at ``high``, linear between."""
     return _clamp((x - low) / (high - low))
+
+
+def _named(name: str, written: set[str]) -> bool:
+    """A name written in the evidence, or its adjective ("European" for "Europe")."""
+    return name in written or any(len(w) >= 5 and len(name) >= 5 and
+                                  (name.startswith(w) or w.startswith(name)) for w in written)
 
 
 def _has(found: list[Value], value: Value) -> bool:
@@ -225,14 +236,15 @@ class OfflineJudge:
         need = min(2, len(said))
         anchors = [s for (s, words), near in zip(passages, to_statement, strict=True)
                    if len(words & said) >= need or near >= ANCHOR or near == closeness]
-        figures = values(statement)
+        # "three things", "two main reasons": the answer's own enumeration, not a fact
+        figures = [v for v in values(statement) if v.kind.removeprefix("count:") not in _TALLY]
         anchored = [v for v in figures if any(_has(values(s), v) for s in anchors)]
         derived = [v for v in figures if v not in anchored and _derived(v, anchored)]
         missing = [v.text for v in figures if v not in anchored and v not in derived]
         # a name must be written as a name there ("Kessler Lift" is not borne out by "lift")
         anchor_names = set().union(*(names(s) | {w.lower() for w in _CAPITALISED.findall(s)}
                                      for s in anchors)) if anchors else set()
-        missing += sorted(n for n in names(statement) if n not in anchor_names)
+        missing += sorted(n for n in names(statement) if not _named(n, anchor_names))
         in_evidence = set().union(*(words for _, words in passages))
         share = len(said & in_evidence) / len(said)
         near = sorted(anchors, key=lambda s: -len(content_words(s) & said))[:3]

@@ -41,6 +41,7 @@ _DURATION = {"minute": 1, "hour": 60, "day": 1440, "week": 10080, "month": 43800
              "year": 525600}
 _SCALE = {"thousand": 1e3, "million": 1e6, "billion": 1e9, "m": 1e6, "bn": 1e9}
 _CURRENCY = {"£", "$", "€", "sek", "usd", "eur", "gbp", "nok", "dkk"}
+_SMALL_MONEY = {"p", "pence", "cents"}
 _SMALL = _wordlist(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen "
     "fourteen fifteen sixteen seventeen eighteen nineteen")
@@ -168,9 +169,14 @@ def values(text: str) -> list[Value]:
         if after[:1] == ["%"] or after[:2] == ["per", "cent"] or after[:1] == ["percent"] or \
                 after[:2] == ["percentage", "points"]:
             kind = "percent"
-        elif after and after[0] in MONTHS:
+        elif (after and after[0] in MONTHS or before in MONTHS and before != "may") and \
+                raw <= 31 and span == 1:
+            # a date: the day with its month ("14 June", "June 14"), so "14 July" is not
+            # borne out by a 14 and a July found apart
             kind = "day"
-        elif before in _CURRENCY:
+            number = 100 * (MONTHS.index(after[0] if after and after[0] in MONTHS
+                                         else before) + 1) + raw
+        elif before in _CURRENCY or (after and after[0] in _SMALL_MONEY):   # "5.2p"
             kind = "money"
         elif after and after[0].rstrip("s") in _DURATION:  # not "monthly": how often
             kind = "duration"
