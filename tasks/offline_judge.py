@@ -291,7 +291,7 @@ class OfflineJudge:
         # their best paragraphs, so a stray paragraph of another report does not
         documents = _documents(paragraphs)
         closeness = {d: float(np.mean(sorted(by_paragraph[documents == d])[-3:]))
-                     for d in set(documents.tolist())}
+                     for d in {documents[k] for k, _ in units}}   # those with something to say
         best = max(closeness.values())
         wanted = {d for d, c in closeness.items() if c >= max(RELEVANT_DOCUMENT, best - 0.08)}
         if len(closeness) == 1:  # one document: its sentences speak for themselves
@@ -372,11 +372,12 @@ def _joined(evidence: str) -> str:
 
 def _documents(paragraphs: list[str]) -> np.ndarray:
     """A document number per paragraph: a heading (one short line without closing
-    punctuation) opens a new document."""
+    punctuation) opens a new document; headings in a row (a title, then its byline) open
+    one."""
     heading = [len(p.split()) <= 16 and "\n" not in p.strip()
                and not p.rstrip().rstrip("\"')").endswith((".", "!", "?", ";", ":"))
                for p in paragraphs]
-    return np.cumsum([h and k > 0 for k, h in enumerate(heading)])
+    return np.cumsum([h and k > 0 and not heading[k - 1] for k, h in enumerate(heading)])
 
 
 def _against(read: list[list[Claim]], windows: np.ndarray, statement_vector: np.ndarray,
