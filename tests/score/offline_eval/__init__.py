@@ -14,7 +14,8 @@ The splits, in the order they were written: ``tune/`` (the first judge was tuned
 ``held_out/`` (written before that tuning, but looked at while improving the judge since);
 ``fresh/`` (written before the second round of tuning and scored untouched first, then tuned
 on); ``final/`` (written after the second round, never tuned on); ``sealed/`` (written blind,
-without reading the judge's code, after the third round of tuning, and never tuned on). Each new
+without reading the judge's code, after the third round of tuning, and never tuned on);
+``unseen/`` (12 items written blind after the fourth round of tuning, never tuned on). Each new
 split uses topics and styles the earlier ones do not. :func:`evaluate` scores every answer
 through the real scoring stage (:func:`tasks.score.stage.score_prompt`) and :func:`win_rates`
 counts how often the clean answer beats each defect on the defect's own dimension and on the
@@ -37,7 +38,7 @@ from tasks.score.judge import Judge
 from tasks.score.stage import ScoreOptions, score_prompt
 
 HERE = Path(__file__).parent
-SPLITS = ("tune", "held_out", "fresh", "final", "sealed")
+SPLITS = ("tune", "held_out", "fresh", "final", "sealed", "unseen")
 DEFECTS = DIMENSIONS   # each defect is planted against the dimension it is named after
 
 
