@@ -50,12 +50,11 @@ def setup(embedder):
     return judge, embedder, index, key_points
 
 
-# The splits the test scores: ``fresh`` and ``final`` (each written before a round of tuning,
-# scored untouched first, tuned on since) and ``sealed`` (written blind, by someone who never
-# read the judge, and never tuned on). ``tune`` and ``held_out`` are printed by
-# ``bench/offline_judge.py``; scoring them here too would add a minute to the suite. One judge
-# for all, its per-text cache shared with the segment index.
-TESTED = ("fresh", "final", "sealed")
+# The splits the test scores: ``final`` (tuned on), ``sealed`` (written blind, scored untouched,
+# tuned on since) and ``unseen`` (written blind, never tuned on). ``tune``, ``held_out`` and
+# ``fresh`` are printed by ``bench/offline_judge.py``; scoring them here too would add two
+# minutes to the suite. One judge for all, its per-text cache shared with the segment index.
+TESTED = ("final", "sealed", "unseen")
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +63,15 @@ def scored(embedder):
     return {split: evaluate(judge, judge, load_items(split)) for split in TESTED}
 
 
-# The bar is 90% everywhere (issue 13), and the tuned splits meet it on all four dimensions.
-# The sealed split does not: measured blind, clean beat its defect on the defect's own dimension
-# / on the reward in faithfulness 80% / 80%, completeness 80% / 60%, logicality 50% / 60%,
-# helpfulness 100% / 100%. Its floors, about one item below those figures, guard against
+# The bar is 90% everywhere (issue 13). ``final`` meets it on all four dimensions. ``sealed``
+# (after tuning on it) and ``unseen`` (blind) do not, on logicality above all: measured own
+# dimension / reward, sealed: faithfulness 100 / 100, completeness 90 / 90, logicality 80 / 80,
+# helpfulness 100 / 100; unseen: faithfulness 92 / 100, completeness 92 / 92, logicality 50 / 58,
+# helpfulness 100 / 100. Their floors, about one item below those figures, guard against
 # regressions until the judge earns the bar there.
-FLOOR = {"sealed": {"faithfulness": 0.7, "completeness": 0.5, "logicality": 0.4,
+FLOOR = {"sealed": {"faithfulness": 0.9, "completeness": 0.8, "logicality": 0.7,
+                    "helpfulness": 0.9},
+         "unseen": {"faithfulness": 0.8, "completeness": 0.8, "logicality": 0.4,
                     "helpfulness": 0.9}}
 
 

@@ -7,16 +7,17 @@ dimension:
 
 - ``faithfulness``: one figure, name or date of the clean answer changed (``from`` -> ``to``);
 - ``completeness``: one key point of the clean answer dropped (a sentence removed);
-- ``logicality``: a sentence inserted that contradicts an earlier one about the same fact;
+- ``logicality``: a sentence inserted that contradicts another one about the same fact;
 - ``helpfulness``: a well-written answer about the neighbouring document instead.
 
 The splits, in the order they were written: ``tune/`` (the first judge was tuned on it);
 ``held_out/`` (written before that tuning, but looked at while improving the judge since);
 ``fresh/`` (written before the second round of tuning and scored untouched first, then tuned
-on); ``final/`` (written after the second round, never tuned on); ``sealed/`` (written blind,
-without reading the judge's code, after the third round of tuning, and never tuned on);
-``unseen/`` (12 items written blind after the fourth round of tuning, never tuned on). Each new
-split uses topics and styles the earlier ones do not. :func:`evaluate` scores every answer
+on); ``final/`` (written after the second round, scored untouched, tuned on in the third);
+``sealed/`` (written blind, by someone who had not read the judge's code, after the third
+round; scored untouched, then tuned on in the fourth); ``unseen/`` (12 items written blind
+after the fourth round of tuning, never tuned on). Each new split uses topics and styles the
+earlier ones do not. :func:`evaluate` scores every answer
 through the real scoring stage (:func:`tasks.score.stage.score_prompt`) and :func:`win_rates`
 counts how often the clean answer beats each defect on the defect's own dimension and on the
 reward (mean of four).
