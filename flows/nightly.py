@@ -31,7 +31,7 @@ from flows.api import (
 )
 from flows.results import result_storage
 from flows.slots import hold_slots, reclaim_lapsed_slots
-from tasks import catalog, pipeline
+from tasks import catalog, pipeline, storage
 from tasks.backends import require_backends
 from tasks.config import Settings, load_settings
 from tasks.lake import Lake
@@ -164,13 +164,25 @@ def score_task(settings: Settings, run_id: str, prompt_ids: list[str],
             "handed_over": report.handed_over}
 
 
+def _write_catalog(settings: Settings) -> str | None:
+    """The DuckDB catalog after a run, where it outlives the run: an s3:// lake's default
+    catalog is a file in the working folder, which on a worker is its scratch folder, deleted
+    after the run, so a deployment run writes none unless ``catalog`` names where."""
+    if in_deployment() and storage.is_s3(settings.lake) and not settings.catalog:
+        _log().info("no catalog file written (an s3:// lake on a worker): set "
+                    "LONGREWARD_CATALOG to an absolute path, or run `longreward catalog` "
+                    "where you query")
+        return None
+    return catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
+
+
 @task(name="pair-and-publish", **RETRY)
 def pair_publish_task(settings: Settings, run_id: str) -> dict:
     with hold_slots(LAKE_WRITER_LIMIT, 1, _log()):
         paired, skipped = pipeline.stage_pair(settings, run_id)
         version, created = pipeline.stage_publish(settings, run_id)
-        catalog.write_catalog(Lake(settings.lake), settings.catalog_path)
-    return {"paired": paired, "skipped": skipped,
+        written = _write_catalog(settings)
+    return {"paired": paired, "catalog": written, "skipped": skipped,
             "dataset_version": version.version if version else None, "created": created}
 
 
@@ -238,7 +250,7 @@ def nightly_refresh(lake: str | None = None, source: str | None = None,
     settings = load_settings(config, lake=lake, source=source, **(overrides or {}))
     require_backends(settings, "sample", "score")  # before any work, naming what is missing
     if in_deployment():
-        check_worker_paths(settings.lake, settings.source)
+        check_worker_paths(settings.lake, settings.source, settings.catalog)
     run_id = run_id_of_flow_run()  # the flow run is named after it: one run, one name
     settings = ensure_limits(settings)
     counts: dict[str, Any] = {"run_id": run_id, "ingest": ingest_task(settings, run_id)}

@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     lake: str = Field("./lake", description="Lake root: a local folder or s3://bucket/prefix.")
     source: str = Field("./prompts", description="Where new prompts land: folder or s3://...")
     catalog: str | None = Field(
-        None, description="DuckDB catalog file; default <lake>/catalog.duckdb for a local lake.")
+        None, description="DuckDB catalog file; default <lake>/catalog.duckdb for a local lake, "
+        "./catalog.duckdb for an s3:// lake (none in a deployment run: a worker's folder is "
+        "deleted after the run).")
 
     # ingest
     tokenizer: str = Field(

@@ -24,10 +24,10 @@ class OperationalError(RuntimeError):
     """Something outside the code is not as the run needs it; the message is one line."""
 
 
-def check_worker_paths(lake: str, source: str | None = None) -> None:
-    """A deployment's run starts in a worker's scratch folder: a relative lake or source there
-    would be written into a folder deleted after the run, so it is refused."""
-    for name, uri in (("lake", lake), ("source", source)):
+def check_worker_paths(lake: str, source: str | None = None, catalog: str | None = None) -> None:
+    """A deployment's run starts in a worker's scratch folder: a relative lake, source or
+    catalog there would be written into a folder deleted after the run, so it is refused."""
+    for name, uri in (("lake", lake), ("source", source), ("catalog", catalog)):
         if uri and not storage.is_s3(uri) and not Path(uri).is_absolute():
             raise ConfigError(
                 f"{name} is the relative path {uri!r} in a deployment run (it would land in the "
