@@ -31,6 +31,7 @@ from tasks.offline_text import (
     NUMBER_WORDS,
     STOPWORDS,
     _stem,
+    names,
     values,
     words,
     wordset,
@@ -43,6 +44,12 @@ _UP = wordset(
 _DOWN = wordset(
     "fell fall falls fallen falling drop dropped drops declined decline declines decrease "
     "decreased decreases shrank shrunk slipped halved dwindled")
+# "went up", "came down": a direction without a figure after it
+_MOVED = wordset("went go goes gone going came come comes coming")
+_NARROWING = wordset("from in at on among within across outside")
+_AFTER_TREND = wordset("another again back further last this every each year overall nearly "
+                       "almost steadily")
+_CHANGE = wordset("change changes changed changing vary varies")
 _STABLE = wordset(
     "unchanged stable steady flat stay stays stayed remain remains remained stabilise "
     "stabilize")
@@ -129,6 +136,7 @@ class Assertion:
     expected: bool = False    # said of what is expected, planned or possible
     count: float | None = None  # a scope's: how many ("the only" 1, "all 24" 24)
     text: str = ""            # the clause
+    named: frozenset[str] = frozenset()  # names narrowing its sentence to a part, not asked of
 
 
 def _content(tokens: list[str]) -> list[str]:
@@ -154,10 +162,12 @@ def _count_before(tokens: list[str], k: int) -> float | None:
     return None
 
 
-def assertions(sentence: str) -> list[Assertion]:
-    """The subject-bound assertions of one sentence."""
+def assertions(sentence: str, topic: frozenset[str] = frozenset()) -> list[Assertion]:
+    """The subject-bound assertions of one sentence; ``topic``: the question's content words
+    (a name the question asks about names the whole answer's subject, not a part of it)."""
     found: list[Assertion] = []
     sentence_tokens = words(sentence)
+    named = _narrowing_names(sentence_tokens, sentence) - topic
     frame = frozenset(t for t in sentence_tokens if _YEAR.fullmatch(t) or t in MONTHS)
     expected = False  # an expectation carries into the clauses after it
     for clause in clauses(sentence):
@@ -165,7 +175,7 @@ def assertions(sentence: str) -> list[Assertion]:
         if not tokens:
             continue
         expected = expected or _expected(tokens)
-        common = dict(frame=frame, expected=expected, text=clause)
+        common = dict(frame=frame, expected=expected, text=clause, named=named)
         negated = [k for k, t in enumerate(tokens)
                    if (t in NEGATIONS and t not in _NOT_DENIALS) or t.endswith("n't")]
         for k, token in enumerate(tokens):
@@ -192,12 +202,24 @@ def assertions(sentence: str) -> list[Assertion]:
             elif token in ("grew", "grow", "grows", "growing") and following == "up":
                 continue  # "she grew up locally"
             elif token in _UP or token in _DOWN or token in _STABLE or \
-                    (token in ("up", "down") and following in ("from", "by", "to")):
+                    (token in ("up", "down") and (following in ("from", "by", "to")
+                                                   or k and tokens[k - 1] in _MOVED)):
                 value = ("up" if token in _UP or token == "up" else
                          "down" if token in _DOWN or token == "down" else "stable")
                 if negated and value != "stable":
                     continue  # "did not rise": not a direction of its own
+                if token.endswith("ed") and following[:1].isalpha() and \
+                        following not in STOPWORDS and following not in _AFTER_TREND and \
+                        not following.endswith("ly"):
+                    continue  # "the declined claims": which claims, not a change
                 found.append(Assertion("direction", value, _subject(tokens, k), **common))
+            elif token in _CHANGE and negated and negated[0] < k:   # "would not change"
+                found.append(Assertion("direction", "stable", _subject(tokens, k), **common))
+            elif token in ("more", "fewer") and following[:1].isalpha() and \
+                    following not in STOPWORDS and "than" not in tokens[k + 1:k + 4]:
+                # "more lorries on the roads": up, of the lorries
+                found.append(Assertion("direction", "up" if token == "more" else "down",
+                                       frozenset(_content(tokens[k + 1:k + 3])), **common))
         found += _scopes(tokens, sentence_tokens, common)
     found += _denials(sentence, frame)
     return found
@@ -236,6 +258,21 @@ def _comparison(tokens: list[str], k: int) -> tuple[str, frozenset[str]] | None:
 def expects(text: str) -> bool:
     """Whether a text speaks of what is expected, planned or possible."""
     return _expected(words(text))
+
+
+def _narrowing_names(tokens: list[str], sentence: str) -> frozenset[str]:
+    """Names after a preposition ("applications from Nigeria", "lapwing on Eastfield"): they
+    narrow what a clause is about to a part; a name before its noun ("Wealdon District
+    Council's refusal") only says whose."""
+    known = {n.removesuffix("'s") for n in names(sentence)}
+    found = set()
+    for k, token in enumerate(tokens[:-1]):
+        if token in _NARROWING:
+            following = tokens[k + 2] if tokens[k + 1] == "the" and k + 2 < len(tokens) \
+                else tokens[k + 1]
+            if following.removesuffix("'s") in known:
+                found.add(_stem(following.removesuffix("'s")))
+    return frozenset(found)
 
 
 def _expected(tokens: list[str]) -> bool:
@@ -301,8 +338,16 @@ def _same_subject(a: Assertion, b: Assertion) -> float:
     return len(a.subject & b.subject) / min(len(a.subject), len(b.subject))
 
 
+def _narrowed(a: Assertion, b: Assertion) -> bool:
+    """Whether one subject is narrowed to a named part the other does not name: "applications
+    from Nigeria dropped" is not "applications rose"."""
+    return bool((a.subject & a.named) - b.subject or (b.subject & b.named) - a.subject)
+
+
 def conflict(a: Assertion, b: Assertion) -> tuple[float, str] | None:
     """(strength, reason) when assertions ``a`` and ``b`` cannot both hold; None otherwise."""
+    if a.kind in ("direction", "state", "scope") and _narrowed(a, b):
+        return None
     timeless = a.kind == b.kind == "state" and a.value.split(":")[0] in _TIMELESS
     if (a.expected != b.expected or (a.frame and b.frame and not a.frame & b.frame)) and \
             not timeless:

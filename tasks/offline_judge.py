@@ -203,8 +203,9 @@ class OfflineJudge:
         starts = np.cumsum([len(said)] + [len(r) for r in read])
         windows = [vectors[starts[k]:starts[k + 1]] for k in range(len(said))]
         sentence_vectors = vectors[:len(said)]
+        topic = frozenset(content_words(_section(user, "query") or ""))
         found = contradictions(said, read, sentence_vectors @ sentence_vectors.T, windows,
-                               sentence_vectors)
+                               sentence_vectors, topic)
         # a faint suspicion costs less than in proportion: alike phrasing is common
         penalty = sum(weight * min(1.0, weight / 0.4) for _, _, weight, _ in found)
         score = max(0.0, 10 - 3 * penalty)

@@ -343,12 +343,13 @@ def asserted_conflict(first: list[Assertion], second: list[Assertion], second_te
 
 def contradictions(said: list[str], read: list[list[Claim]], similarity: np.ndarray,
                    windows: list[np.ndarray], sentence_vectors: np.ndarray,
+                   topic: frozenset[str] = frozenset(),
                    ) -> list[tuple[int, int, float, str]]:
     """(earlier, later, weight, reason) for each sentence that seems to contradict an earlier
     one, its strongest pair only. ``read[i]``: claims of sentence i; ``windows[i]``: their
     window vectors; ``similarity``: the sentences' cosine matrix."""
     found = []
-    asserted = [assertions(s) for s in said]
+    asserted = [assertions(s, topic) for s in said]
     for j in range(1, len(said)):
         best: tuple[float, int, str] | None = None
         for i in range(j):
