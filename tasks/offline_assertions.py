@@ -90,7 +90,7 @@ _POLAR = (
                                                           "shuts"),
     ("pass", "pass passes passed", "fail fails failed"),
     ("start", "start starts started begin begins began begun resume resumes resumed launch "
-              "launches launched", "stop stops stopped halt halts halted cancel cancels "
+              "launches launched", "stop stops stopped halted cancel cancels "
               "cancelled canceled scrap scraps scrapped abandon abandoned shelve shelved "
               "suspend suspended"),
     ("outcome", "upheld uphold upholds accepted accept accepts approved approve approves "

@@ -56,6 +56,27 @@ CONTRADICTED = {
         "Nine of the 14 weirs on the river have been removed and three given fish passes. "
         "Salmon numbers are the highest since counting began.",
         "All 14 weirs on the river have now been removed."),
+    "a decision undone and still in force": (
+        "The inspector allowed the appeal and granted permission for the solar farm, overturning "
+        "the district council's refusal. Conditions protect the hall's setting.",
+        "The council's refusal of the scheme therefore stands."),
+    "the first ever against a return": (
+        "Sunday trains return for the first time since they were withdrawn in 2019. Fares are "
+        "unchanged and a new day ticket is on sale.",
+        "It can be used on Sundays, when the line will have trains for the first time in its "
+        "history."),
+    "one figure, opposite stances": (
+        "A majority backed the idea: 54 per cent supported the limit and 41 per cent opposed it. "
+        "Support was strongest near schools.",
+        "With 41 per cent of respondents in favour, officers have scaled the plan back."),
+    "a direction said without a figure": (
+        "Reports of damp and mould went up from 903 to 1,412 after the association urged tenants "
+        "to report them. The repairs backlog grew.",
+        "One bright spot was damp and mould, where the number of reports went down."),
+    "more of what would not change": (
+        "The extension would keep output at up to 500,000 tonnes a year. Lorry traffic would not "
+        "change from its average of 110 movements a day.",
+        "With the extension the quarry would send more lorries onto the local roads."),
     "a denial of what was said": (
         "The attackers copied loan files holding names, addresses and dates of birth. Card "
         "numbers and banking passwords were not in the files. Members are offered credit "
@@ -84,6 +105,16 @@ NOT_CONTRADICTED = {
     "an idiom, not a trend": (
         "Isotope analysis of her teeth should show whether she grew up locally.",
         "The excavation itself remained on schedule."),
+    "the whole and a named part of it": (
+        "Applications rose 3 per cent to 24,310, with home applications up 5 per cent.",
+        "Applications from Nigeria dropped 31 per cent after the naira was devalued."),
+    "which claims, not a change": (
+        "Claims jumped to 3,870 in a year from 1,140 the year before.",
+        "Of the 108 declined claims in the sample, reviewers thought 22 should have been "
+        "accepted."),
+    "a train calling at a station": (
+        "The new station opens in May, and trains will start calling there then.",
+        "Only every other train will stop at the old halt, whose platform is too short."),
     "a tally of events, not a state": (
         "In the play-offs they lost away from home and went out on aggregate.",
         "They won just six of 23 away games all season."),
