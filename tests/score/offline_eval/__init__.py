@@ -16,9 +16,9 @@ The splits, in the order they were written: ``tune/`` (the first judge was tuned
 on); ``final/`` (written after the second round, scored untouched, tuned on in the third);
 ``sealed/`` (written blind, by someone who had not read the judge's code, after the third
 round; scored untouched, then tuned on in the fourth); ``unseen/`` (12 items written blind
-after the fourth round of tuning, never tuned on); ``blind3/`` (12 items written blind after
-the fifth round of tuning, never tuned on). Each new split uses topics and styles the
-earlier ones do not. :func:`evaluate` scores every answer
+after the fourth round; scored untouched, then tuned on in the fifth); ``blind3/`` (12 items
+written blind after the fifth round of tuning, never tuned on). Each new split uses topics and
+styles the earlier ones do not. :func:`evaluate` scores every answer
 through the real scoring stage (:func:`tasks.score.stage.score_prompt`) and :func:`win_rates`
 counts how often the clean answer beats each defect on the defect's own dimension and on the
 reward (mean of four).
