@@ -1,14 +1,16 @@
 """Subject-bound assertions: what a clause says about what, for the offline judge's logicality.
 
 A sentence is cut into clauses (at commas, semicolons and joining words) and each clause is read
-for three kinds of assertion, each bound to its subject, the content words that name what it
+for five kinds of assertion, each bound to its subject, the content words that name what it
 is about (the words just before the verb, else just after):
 
 - a direction: "container traffic dropped" (down), "the rate would stay at $11.40" (stable),
   "the harvest was larger than the five-year average" (up, compared with that average);
+- a state, one side of a pair that exclude each other (:data:`tasks.offline_lexicon.POLAR`):
+  leaving / continuing, upheld / dismissed, in force / overturned, the first ever / a return;
+- a place: "finished fourth";
 - a scope: "every customer", "all 24 schools", "the only site", "no property", against a part
-  of the same things elsewhere: "28,000 of the 41,600 customers", "the other two sites",
-  "three of the 14 sites";
+  of the same things elsewhere: "28,000 of the 41,600 customers", "three of the 14 sites";
 - a denial: "card numbers were not in the files", against a clause stating the same subject
   plainly: "obtained the card numbers".
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tasks import offline_lexicon as lex
 from tasks.offline_text import (
     EPISTEMIC,
     MONTHS,
@@ -34,91 +37,11 @@ from tasks.offline_text import (
     names,
     values,
     words,
-    wordset,
 )
 
-_UP = wordset(
-    "rose rise rises risen rising increase increased increases grew grow grows growing climbed "
-    "climb climbs gain gained gains improved improve boost boosted surged jumped doubled "
-    "exceeded expanded")
-_DOWN = wordset(
-    "fell fall falls fallen falling drop dropped drops declined decline declines decrease "
-    "decreased decreases shrank shrunk slipped halved dwindled")
-# "went up", "came down": a direction without a figure after it
-_MOVED = wordset("went go goes gone going came come comes coming")
-_NARROWING = wordset("from in at on among within across outside")
-_AFTER_TREND = wordset("another again back further last this every each year overall nearly "
-                       "almost steadily")
-_CHANGE = wordset("change changes changed changing vary varies")
-_STABLE = wordset(
-    "unchanged stable steady flat stay stays stayed remain remains remained stabilise "
-    "stabilize")
-_MORE = wordset("larger bigger greater higher more above over longer heavier")
-_LESS = wordset("smaller less lower fewer below under shorter lighter")
-# what is expected, planned or supposed is not what happened
-_EXPECTED = wordset(
-    "will would expected expects expect forecast forecasts projected planned could may might "
-    "should likely predicted predicts whether recommends recommend recommended recommendations "
-    "proposes propose proposed proposal urged urges guiding guidance outlook")
-_INTENDS = wordset("plan plans aim aims hope hopes want wants target targets intend intends")
-# words of the negation list that report an event rather than deny one
-_NOT_DENIALS = wordset("without failed unable")
-_UNIVERSAL = wordset("every all each entire whole")
-_PART = wordset("other remaining rest some most several few many part")
-_ONE = (("the", "only"), ("only", "one"), ("a", "single"), ("just", "one"), ("the", "sole"))
-# words that say nothing about which thing a clause is about
-_VAGUE = wordset(
-    "still now already actually also overall however instead itself themselves even just "
-    "year years time last new first total number level lot way part thing things further "
-    "slightly sharply largely mostly mainly nearly roughly about")
 _BREAK = re.compile(r"(?:,(?!\d{3}))|[;:()\u2013\u2014]|\s(?:but|while|whereas|although|"
                     r"though|yet|so|and|because|which|who|where|after|before|until|when|since|"
                     r"as)\s", re.I)
-_PLACED = wordset("finished finishing finish finishes placed came ranked ended")
-_ORDINALS = wordset(
-    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth")
-# bounds that compare with what follows them: "above the legal limit", "within the forecast"
-_ABOVE = wordset("above beyond exceeding exceeds exceeded")
-_BELOW = wordset("below within")
-# states that exclude each other, said of one subject: (group, one side, the other side); the
-# words of a phrase are joined by "_"
-_POLAR = (
-    ("continue", "continue continues continued continuing stay stays stayed staying join joins "
-                 "joined rejoin", "leave leaves leaving quit quits withdraw withdraws withdrew "
-                 "withdrawn exit exits"),
-    ("open", "open opens opened reopen reopens reopened", "close closes closed closing shut "
-                                                          "shuts"),
-    ("pass", "pass passes passed", "fail fails failed"),
-    ("start", "start starts started begin begins began begun resume resumes resumed launch "
-              "launches launched", "stop stops stopped halted cancel cancels "
-              "cancelled canceled scrap scraps scrapped abandon abandoned shelve shelved "
-              "suspend suspended"),
-    ("outcome", "upheld uphold upholds accepted accept accepts approved approve approves "
-                "granted grant grants allowed awarded succeeded", "dismissed dismiss dismisses "
-                "rejected reject rejects refused refuse refuses denied"),
-    # a decision still in force, or undone: said of the decision, before or after the verb
-    ("force", "stands still_stands in_force", "overturned overturning overturns overturn "
-              "quashed quashing set_aside reversed reversing lifted revoked"),
-    ("include", "include includes included", "exclude excludes excluded omitted omit"),
-    ("support", "support supports supported favour favours favoured favor favors favored "
-                "in_favour in_favor", "oppose opposes opposed against_it"),
-    ("verdict", "convicted guilty", "acquitted cleared"),
-    ("schedule", "on_time on_schedule on_course on_track ahead_of_schedule",
-                 "delayed late behind_schedule postponed"),
-    # the first ever, or back again
-    ("new", "first_time_in first_time_ever first_ever never_before",
-            "return returns returned returning reinstated reintroduced"),
-)
-_POLAR_WORDS = {tuple(phrase.split("_")): (group, sign)
-                for group, yes, no in _POLAR
-                for sign, side in (("+", yes), ("-", no))
-                for phrase in side.split()}
-_BOTH_SIDES = {"force"}
-# whether a thing ever existed before does not depend on when it is said: "trains return" and
-# "will have trains for the first time" conflict in any tense
-_TIMELESS = {"new"}   # groups whose subject may follow the verb ("overturning the refusal")
-# "trains will stop there": a call at a place, not an end
-_STOP_AT = wordset("at there here in outside near")
 _YEAR = re.compile(r"(?:18|19|20)\d\d")
 # a denial's parts: cut at punctuation and contrasts, not at "and" ("X and Y were not ...")
 _CONTRAST = re.compile(r"(?:,(?!\d{3}))|[;:()\u2013\u2014]|\s(?:but|while|whereas|although|"
@@ -141,7 +64,7 @@ class Assertion:
 
 def _content(tokens: list[str]) -> list[str]:
     return [_stem(t.removesuffix("'s")) for t in tokens
-            if t[0].isalpha() and t not in STOPWORDS and t not in _VAGUE and len(t) > 1
+            if t[0].isalpha() and t not in STOPWORDS and t not in lex.VAGUE and len(t) > 1
             and t not in NEGATIONS and t not in NUMBER_WORDS and not t.endswith("n't")
             and not (t.endswith("ly") and len(t) > 5)]
 
@@ -177,7 +100,7 @@ def assertions(sentence: str, topic: frozenset[str] = frozenset()) -> list[Asser
         expected = expected or _expected(tokens)
         common = dict(frame=frame, expected=expected, text=clause, named=named)
         negated = [k for k, t in enumerate(tokens)
-                   if (t in NEGATIONS and t not in _NOT_DENIALS) or t.endswith("n't")]
+                   if (t in NEGATIONS and t not in lex.NOT_DENIALS) or t.endswith("n't")]
         for k, token in enumerate(tokens):
             following = tokens[k + 1] if k + 1 < len(tokens) else ""
             state = _state(tokens, k)
@@ -186,13 +109,13 @@ def assertions(sentence: str, topic: frozenset[str] = frozenset()) -> list[Asser
                 if negated and negated[0] < k:
                     sign = "-" if sign == "+" else "+"   # "did not continue": left
                 subject = _subject(tokens, k, span)
-                if group in _BOTH_SIDES:
+                if group in lex.BOTH_SIDES:
                     subject |= frozenset(_content(tokens[k + span:k + span + 6])[:4])
                 figures = frozenset(f"{v.number:g} {v.kind}" for v in values(clause)
                                     if v.kind not in ("year", "month", "day"))
                 found.append(Assertion("state", f"{group}:{sign}", subject, figures,
                                        **common))
-            if token in _PLACED and following in _ORDINALS:  # "finished fourth"
+            if token in lex.PLACED and following in lex.ORDINALS:  # "finished fourth"
                 found.append(Assertion("place", following, _subject(tokens, k, 2), **common))
             compared = _comparison(tokens, k)
             if compared:
@@ -201,19 +124,19 @@ def assertions(sentence: str, topic: frozenset[str] = frozenset()) -> list[Asser
                                        **common))
             elif token in ("grew", "grow", "grows", "growing") and following == "up":
                 continue  # "she grew up locally"
-            elif token in _UP or token in _DOWN or token in _STABLE or \
+            elif token in lex.UP or token in lex.DOWN or token in lex.STABLE or \
                     (token in ("up", "down") and (following in ("from", "by", "to")
-                                                   or k and tokens[k - 1] in _MOVED)):
-                value = ("up" if token in _UP or token == "up" else
-                         "down" if token in _DOWN or token == "down" else "stable")
+                                                   or k and tokens[k - 1] in lex.MOVED)):
+                value = ("up" if token in lex.UP or token == "up" else
+                         "down" if token in lex.DOWN or token == "down" else "stable")
                 if negated and value != "stable":
                     continue  # "did not rise": not a direction of its own
                 if token.endswith("ed") and following[:1].isalpha() and \
-                        following not in STOPWORDS and following not in _AFTER_TREND and \
+                        following not in STOPWORDS and following not in lex.AFTER_TREND and \
                         not following.endswith("ly"):
                     continue  # "the declined claims": which claims, not a change
                 found.append(Assertion("direction", value, _subject(tokens, k), **common))
-            elif token in _CHANGE and negated and negated[0] < k:   # "would not change"
+            elif token in lex.CHANGE and negated and negated[0] < k:   # "would not change"
                 found.append(Assertion("direction", "stable", _subject(tokens, k), **common))
             elif token in ("more", "fewer") and following[:1].isalpha() and \
                     following not in STOPWORDS and "than" not in tokens[k + 1:k + 4]:
@@ -228,9 +151,9 @@ def assertions(sentence: str, topic: frozenset[str] = frozenset()) -> list[Asser
 def _state(tokens: list[str], k: int) -> tuple[str, str, int] | None:
     """(group, sign, words) of a state word or phrase starting at ``k``."""
     for span in (3, 2, 1):
-        hit = _POLAR_WORDS.get(tuple(tokens[k:k + span]))
+        hit = lex.POLAR_WORDS.get(tuple(tokens[k:k + span]))
         if hit and not (tokens[k].startswith("stop") and tokens[k + 1:k + 2]
-                        and tokens[k + 1] in _STOP_AT):
+                        and tokens[k + 1] in lex.STOP_AT):
             return (*hit, span)
     return None
 
@@ -239,14 +162,14 @@ def _comparison(tokens: list[str], k: int) -> tuple[str, frozenset[str]] | None:
     """("up" | "down", what it is compared with) of a comparison at ``k``: "more sediment than
     the model predicted", "above the legal limit"; not a bound on a figure ("more than 15")."""
     token = tokens[k]
-    if token in _MORE or token in _LESS:
+    if token in lex.MORE or token in lex.LESS:
         than = next((j for j in range(k + 1, min(k + 4, len(tokens))) if tokens[j] == "than"),
                     None)
         if than is None:
             return None
-        start, direction = than + 1, "up" if token in _MORE else "down"
-    elif token in _ABOVE or token in _BELOW:
-        start, direction = k + 1, "up" if token in _ABOVE else "down"
+        start, direction = than + 1, "up" if token in lex.MORE else "down"
+    elif token in lex.ABOVE or token in lex.BELOW:
+        start, direction = k + 1, "up" if token in lex.ABOVE else "down"
     else:
         return None
     if values(" ".join(tokens[start:start + 2])):   # "within two hours": a bound on a figure
@@ -267,7 +190,7 @@ def _narrowing_names(tokens: list[str], sentence: str) -> frozenset[str]:
     known = {n.removesuffix("'s") for n in names(sentence)}
     found = set()
     for k, token in enumerate(tokens[:-1]):
-        if token in _NARROWING:
+        if token in lex.NARROWING:
             following = tokens[k + 2] if tokens[k + 1] == "the" and k + 2 < len(tokens) \
                 else tokens[k + 1]
             if following.removesuffix("'s") in known:
@@ -276,7 +199,7 @@ def _narrowing_names(tokens: list[str], sentence: str) -> frozenset[str]:
 
 
 def _expected(tokens: list[str]) -> bool:
-    return any(t in _EXPECTED or (t in _INTENDS and tokens[k + 1:k + 2] == ["to"])
+    return any(t in lex.EXPECTED or (t in lex.INTENDS and tokens[k + 1:k + 2] == ["to"])
                for k, t in enumerate(tokens))
 
 
@@ -289,7 +212,7 @@ def _denials(sentence: str, frame: frozenset[str]) -> list[Assertion]:
     for part in _CONTRAST.split(sentence):
         tokens = words(part)
         negated = [k for k, t in enumerate(tokens)
-                   if (t in NEGATIONS and t not in _NOT_DENIALS) or t.endswith("n't")]
+                   if (t in NEGATIONS and t not in lex.NOT_DENIALS) or t.endswith("n't")]
         if not negated or any(t in EPISTEMIC for t in tokens[negated[0]:negated[0] + 4]):
             continue
         before = frozenset(_content(tokens[:negated[0]]))
@@ -305,9 +228,9 @@ def _scopes(tokens: list[str], sentence_tokens: list[str], common: dict) -> list
     for k, token in enumerate(tokens):
         pair = tuple(tokens[k:k + 2])
         noun_at = None
-        if pair in _ONE:
+        if pair in lex.ONE:
             noun_at, value, count = k + 2, "one", 1.0
-        elif token in _UNIVERSAL and token != "each":
+        elif token in lex.UNIVERSAL and token != "each":
             count = None
             noun_at = k + 1
             if noun_at < len(tokens) and values(tokens[noun_at]):  # "all 24 schools"
@@ -316,7 +239,7 @@ def _scopes(tokens: list[str], sentence_tokens: list[str], common: dict) -> list
             value = "all"
         elif token in ("no", "none", "nothing", "nobody") and k + 1 < len(tokens):
             noun_at, value, count = (k + 1 if token == "no" else k + 3), "none", 0.0
-        elif token in _PART or (token == "of" and (k == 0 or values(tokens[k - 1]))):
+        elif token in lex.PART or (token == "of" and (k == 0 or values(tokens[k - 1]))):
             noun_at, value = k + 1, "part"
             count = _count_before(tokens, k) if token == "of" else None
         if noun_at is None or noun_at >= len(tokens):
@@ -348,7 +271,7 @@ def conflict(a: Assertion, b: Assertion) -> tuple[float, str] | None:
     """(strength, reason) when assertions ``a`` and ``b`` cannot both hold; None otherwise."""
     if a.kind in ("direction", "state", "scope") and _narrowed(a, b):
         return None
-    timeless = a.kind == b.kind == "state" and a.value.split(":")[0] in _TIMELESS
+    timeless = a.kind == b.kind == "state" and a.value.split(":")[0] in lex.TIMELESS
     if (a.expected != b.expected or (a.frame and b.frame and not a.frame & b.frame)) and \
             not timeless:
         return None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks import offline_lexicon as lex
 from tasks.offline_assertions import Assertion, assertions, conflict, denial_against
 from tasks.offline_assertions import expects as _expects
 from tasks.offline_text import (
@@ -61,9 +62,6 @@ _GRANTED = wordset(
 _REFUSED = wordset(
     "dismissed dismiss dismisses rejected reject rejects refused refuse refuses denied deny "
     "denies overturned withdrawn")
-# "the only site", "a single site": a count of one, which "one" alone (a pronoun as often as
-# not) is not
-_ONE = (("the", "only"), ("only", "one"), ("a", "single"), ("just", "one"), ("the", "sole"))
 _ABSOLUTE = wordset(
     "unanimous unanimously every entirely exactly consistently always fully completely "
     "wholly invariably all")
@@ -81,11 +79,7 @@ _LABELS = wordset(
     "route line platform level grade gate bay junction exit flight ward phase stage section "
     "article clause chapter page table figure room block unit zone channel lane pier berth "
     "terminal no number model version series class category type tier band step")
-_ORDINALS = wordset(
-    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth")
-_ORDINAL_PLACE = {w: k for k, w in enumerate(sorted(_ORDINALS, key=lambda w: (
-    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth")
-    .index(w)), 1)}
+_ORDINAL_PLACE = {w: k for k, w in enumerate(lex.ORDINAL_ORDER, 1)}
 _CORRECTION = re.compile(r"^(in fact|actually|in reality|on the contrary|contrary to)\b", re.I)
 _STRENGTH = {"figure": 1.0, "month": 0.5, "trend": 0.4, "outcome": 0.4, "negation": 0.7,
              "absolute": 0.5, "correction": 0.4}
@@ -156,7 +150,7 @@ def claims(sentence: str) -> list[Claim]:
                                _bound(tokens, v.start, len(v.text.split())),
                                frame, slot=frozenset(content_words(" ".join(slot)))))
     for k in range(len(tokens) - 2):
-        if tuple(tokens[k:k + 2]) in _ONE and tokens[k + 2][0].isalpha():
+        if tuple(tokens[k:k + 2]) in lex.ONE and tokens[k + 2][0].isalpha():
             counted = f"count:{_stem(tokens[k + 2])}"
             one = Value(1.0, counted, k + 1, 1.0, " ".join(tokens[k:k + 2]))
             found.append(Claim("figure", counted, one, around(k + 1),
@@ -165,7 +159,7 @@ def claims(sentence: str) -> list[Claim]:
         # a place in an order ("finished fourth", "finishing second, ..."); not one naming
         # which thing ("the fourth round"), nor a list's "First, ..."
         noun = tokens[k + 1] if k + 1 < len(tokens) else ""
-        if token in _ORDINALS and k and (not noun or noun in STOPWORDS):
+        if token in lex.ORDINALS and k and (not noun or noun in STOPWORDS):
             place = float(_ORDINAL_PLACE[token])
             found.append(Claim("figure", "rank", Value(place, "rank", k, place, token),
                                around(k)))
