@@ -44,6 +44,19 @@ class RoleUsage:
 
 
 @dataclass
+class OpenBatch:
+    """A batch submitted and not yet collected (any run's): its calls are paid for when the
+    next run that needs them collects it."""
+
+    batch_id: str
+    role: str
+    model: str
+    requests: int
+    run_id: str
+    created_at: str
+
+
+@dataclass
 class RunStats:
     run_id: str
     ingested: int = 0
@@ -64,6 +77,7 @@ class RunStats:
     dataset_rows: int | None = None
     llm: list[RoleUsage] = field(default_factory=list)
     judge_models: list[str] = field(default_factory=list)
+    open_batches: list[OpenBatch] = field(default_factory=list)  # in the lake, now
 
     @property
     def llm_calls(self) -> int:
@@ -140,6 +154,11 @@ def collect_run_stats(lake: Lake, run_id: str) -> RunStats:
         s.judge_models = [m for (m,) in con.execute(
             "SELECT DISTINCT judge_model FROM judgments WHERE run_id = ? ORDER BY 1",
             p).fetchall()]
+        s.open_batches = [OpenBatch(*r) for r in con.execute(
+            "SELECT batch_id, coalesce(role, 'judge'), model, coalesce(requests, 0), run_id, "
+            "strftime(created_at, '%Y-%m-%d %H:%M UTC') FROM llm_batches WHERE status = "
+            "'submitted' AND batch_id NOT IN (SELECT batch_id FROM llm_batches "
+            "WHERE status <> 'submitted') ORDER BY created_at, batch_id").fetchall()]
         return s
     finally:
         con.close()
@@ -315,6 +334,14 @@ def _usage_rows(stats: RunStats) -> list[list[object]]:
              _num(u.cost_usd, ".4f")] for u in stats.llm]
 
 
+def _batch_rows(stats: RunStats) -> list[list[object]]:
+    return [[b.batch_id, b.role, b.model, b.requests, b.run_id, b.created_at]
+            for b in stats.open_batches]
+
+
+_BATCH_COLUMNS = ["batch", "role", "model", "calls", "submitted by run", "created"]
+
+
 def render_markdown(stats: RunStats, plot_uris: list[str]) -> str:
     """The run report as compact markdown (the nightly flow's Prefect artifact)."""
     h = stats.headline()
@@ -337,6 +364,11 @@ def render_markdown(stats: RunStats, plot_uris: list[str]) -> str:
                   f"{_num(stats.cost_usd, '.4f')} USD.", ""]
     else:
         lines += ["No LLM calls in this run.", ""]
+    if stats.open_batches:
+        lines += ["## Open batches", "", f"{sum(b.requests for b in stats.open_batches)} calls "
+                  "wait in batches not yet collected; the next run that needs them collects "
+                  "them.", ""]
+        lines += _table(_BATCH_COLUMNS, _batch_rows(stats))
     for title, reasons in (("Judgment failures", stats.failure_reasons),
                            ("Rejects", stats.reject_reasons),
                            ("Pairing skips", stats.skip_reasons)):
@@ -368,6 +400,8 @@ def table_artifacts(stats: RunStats) -> dict[str, list[dict]]:
         "cost": [{"role": u.role, "models": u.models, "calls": u.calls, "cached": u.cached,
                   "tokens_in": u.tokens_in, "tokens_out": u.tokens_out,
                   "cost_usd": u.cost_usd} for u in stats.llm],
+        "open_batches": [dict(zip(_BATCH_COLUMNS, row, strict=True))
+                         for row in _batch_rows(stats)],
     }
 
 
@@ -397,6 +431,13 @@ def render_terminal(stats: RunStats):
         for row in _usage_rows(stats):
             usage.add_row(*map(str, row))
         parts.append(usage)
+    if stats.open_batches:
+        batches = Table(title="open batches (collected by the next run that needs them)")
+        for col in _BATCH_COLUMNS:
+            batches.add_column(col, justify="right" if col == "calls" else "left")
+        for row in _batch_rows(stats):
+            batches.add_row(*map(str, row))
+        parts.append(batches)
     for title, reasons in (("judgment failures", stats.failure_reasons),
                            ("rejects", stats.reject_reasons),
                            ("pairing skips", stats.skip_reasons)):

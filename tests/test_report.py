@@ -161,3 +161,39 @@ def test_plots_are_written_to_s3(lake: Lake, bucket: str) -> None:
     uris = report.plot_score_distributions(lake, "r1", out)
     assert uris == [f"{out}/scores.png", f"{out}/trend.png"]
     assert all(storage.read_bytes(u)[:8] == PNG_MAGIC for u in uris)
+
+
+def test_batches_still_open_are_shown_whoever_submitted_them(lake: Lake, tmp_path: Path) -> None:
+    from tasks.llm.batch_ledger import BatchLedger
+
+    earlier = BatchLedger(lake, "judge-x", "judge", "r0")
+    earlier.record({"batch_id": "b-done", "status": "submitted", "request_hashes": ["h1"],
+                    "requests": 1, "resubmit": 0, "input_file_id": "f1"})
+    earlier.record({"batch_id": "b-done", "status": "completed", "succeeded": 1, "failed": 0,
+                    "requests": 1, "resubmit": 0})
+    earlier.record({"batch_id": "b-open", "status": "submitted", "request_hashes": ["h2", "h3"],
+                    "requests": 2, "resubmit": 0, "input_file_id": "f2"})
+    BatchLedger(lake, "policy-y", "policy", "r1").record(
+        {"batch_id": "b-policy", "status": "submitted", "request_hashes": ["h4"],
+         "requests": 1, "resubmit": 0, "input_file_id": "f3"})
+
+    stats = report.collect_run_stats(lake, "r1")
+    assert [(b.batch_id, b.role, b.model, b.requests, b.run_id)
+            for b in stats.open_batches] == [("b-open", "judge", "judge-x", 2, "r0"),
+                                             ("b-policy", "policy", "policy-y", 1, "r1")]
+    markdown = report.render_markdown(stats, [])
+    assert "## Open batches" in markdown and "3 calls wait" in markdown
+    assert "b-open" in markdown and "b-done" not in markdown
+    assert [row["batch"] for row in report.table_artifacts(stats)["open_batches"]] == [
+        "b-open", "b-policy"]
+    console = Console(record=True, width=160)
+    console.print(report.render_terminal(stats))
+    text = console.export_text()
+    assert "open batches" in text and "b-policy" in text
+
+
+def test_no_open_batches_no_section(lake: Lake) -> None:
+    stats = report.collect_run_stats(lake, "r1")
+    assert stats.open_batches == []
+    assert "Open batches" not in report.render_markdown(stats, [])
+    assert report.table_artifacts(stats)["open_batches"] == []
