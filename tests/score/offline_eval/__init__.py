@@ -17,7 +17,8 @@ on); ``final/`` (written after the second round, scored untouched, tuned on in t
 ``sealed/`` (written blind, by someone who had not read the judge's code, after the third
 round; scored untouched, then tuned on in the fourth); ``unseen/`` (12 items written blind
 after the fourth round; scored untouched, then tuned on in the fifth); ``blind3/`` (12 items
-written blind after the fifth round of tuning, never tuned on). Each new split uses topics and
+written blind after the fifth round of tuning, never tuned on); ``blind4/`` (12 items written
+blind after the sixth round of tuning, never tuned on). Each new split uses topics and
 styles the earlier ones do not. :func:`evaluate` scores every answer
 through the real scoring stage (:func:`tasks.score.stage.score_prompt`) and :func:`win_rates`
 counts how often the clean answer beats each defect on the defect's own dimension and on the
@@ -40,7 +41,7 @@ from tasks.score.judge import Judge
 from tasks.score.stage import ScoreOptions, score_prompt
 
 HERE = Path(__file__).parent
-SPLITS = ("tune", "held_out", "fresh", "final", "sealed", "unseen", "blind3")
+SPLITS = ("tune", "held_out", "fresh", "final", "sealed", "unseen", "blind3", "blind4")
 DEFECTS = DIMENSIONS   # each defect is planted against the dimension it is named after
 
 
