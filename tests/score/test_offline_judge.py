@@ -50,12 +50,11 @@ def setup(embedder):
     return judge, embedder, index, key_points
 
 
-# The splits the test scores: ``final`` (tuned on), ``unseen`` (written blind, scored untouched,
-# tuned on since) and ``blind3`` (written blind, never tuned on). ``tune``, ``held_out``,
-# ``fresh`` and ``sealed`` are printed by ``bench/offline_judge.py``; scoring them here too
-# would add three minutes to the suite. One judge for all, its per-text cache shared with the
+# The splits the test scores: ``final`` (tuned on) and ``blind3`` and ``blind4`` (written blind,
+# never tuned on). The others are printed by ``bench/offline_judge.py``; scoring them here too
+# would add minutes to the suite. One judge for all, its per-text cache shared with the
 # segment index.
-TESTED = ("final", "unseen", "blind3")
+TESTED = ("final", "blind3", "blind4")
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +63,15 @@ def scored(embedder):
     return {split: evaluate(judge, judge, load_items(split)) for split in TESTED}
 
 
-# The bar is 90% everywhere (issue 13). ``final`` meets it on all four dimensions. ``unseen``
-# (tuned on once, after its blind measurement) and ``blind3`` (blind) do not, logicality above
-# all: measured own dimension / reward, unseen: faithfulness 92 / 100, completeness 92 / 92,
-# logicality 58 / 75, helpfulness 100 / 100; blind3: faithfulness 92 / 100, completeness
-# 75 / 83, logicality 25 / 75, helpfulness 100 / 100. Their floors, about one item below those
-# figures, guard against regressions until the judge earns the bar there.
-FLOOR = {"unseen": {"faithfulness": 0.8, "completeness": 0.8, "logicality": 0.5,
+# The bar is 90% everywhere (issue 13). ``final`` meets it on all four dimensions. The blind
+# splits do not, logicality above all: measured own dimension / reward, blind3: faithfulness
+# 92 / 100, completeness 75 / 83, logicality 25 / 75, helpfulness 100 / 100; blind4:
+# faithfulness 100 / 92, completeness 83 / 75, logicality 33 / 58, helpfulness 100 / 100. Their
+# floors, about one item below those figures, guard against regressions until the judge earns
+# the bar there.
+FLOOR = {"blind3": {"faithfulness": 0.8, "completeness": 0.65, "logicality": 0.15,
                     "helpfulness": 0.9},
-         "blind3": {"faithfulness": 0.8, "completeness": 0.65, "logicality": 0.15,
+         "blind4": {"faithfulness": 0.8, "completeness": 0.65, "logicality": 0.25,
                     "helpfulness": 0.9}}
 
 

@@ -18,7 +18,7 @@ on); ``final/`` (written after the second round, scored untouched, tuned on in t
 round; scored untouched, then tuned on in the fourth); ``unseen/`` (12 items written blind
 after the fourth round; scored untouched, then tuned on in the fifth); ``blind3/`` (12 items
 written blind after the fifth round of tuning, never tuned on); ``blind4/`` (12 items written
-blind after the sixth round of tuning, never tuned on). Each new split uses topics and
+blind after ``blind3``, measured on the same judge, never tuned on). Each new split uses topics and
 styles the earlier ones do not. :func:`evaluate` scores every answer
 through the real scoring stage (:func:`tasks.score.stage.score_prompt`) and :func:`win_rates`
 counts how often the clean answer beats each defect on the defect's own dimension and on the
