@@ -386,7 +386,8 @@ def render_markdown(stats: RunStats, plot_uris: list[str]) -> str:
 
 
 def table_artifacts(stats: RunStats) -> dict[str, list[dict]]:
-    """The report's tables as rows, for Prefect table artifacts (sortable in the UI)."""
+    """The report's tables as rows, for Prefect table artifacts (sortable in the UI); each key
+    names an artifact, so it holds only lowercase letters, digits and dashes."""
     columns = ["dimension", "scored", "failed", "mean", "p10", "p50", "p90"]
     return {
         "counts": [dict(stats.headline()) | {"rewarded": stats.rewarded,
@@ -400,7 +401,7 @@ def table_artifacts(stats: RunStats) -> dict[str, list[dict]]:
         "cost": [{"role": u.role, "models": u.models, "calls": u.calls, "cached": u.cached,
                   "tokens_in": u.tokens_in, "tokens_out": u.tokens_out,
                   "cost_usd": u.cost_usd} for u in stats.llm],
-        "open_batches": [dict(zip(_BATCH_COLUMNS, row, strict=True))
+        "open-batches": [dict(zip(_BATCH_COLUMNS, row, strict=True))
                          for row in _batch_rows(stats)],
     }
 

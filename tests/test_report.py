@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def test_batches_still_open_are_shown_whoever_submitted_them(lake: Lake, tmp_pat
     markdown = report.render_markdown(stats, [])
     assert "## Open batches" in markdown and "3 calls wait" in markdown
     assert "b-open" in markdown and "b-done" not in markdown
-    assert [row["batch"] for row in report.table_artifacts(stats)["open_batches"]] == [
+    assert [row["batch"] for row in report.table_artifacts(stats)["open-batches"]] == [
         "b-open", "b-policy"]
     console = Console(record=True, width=160)
     console.print(report.render_terminal(stats))
@@ -196,4 +197,10 @@ def test_no_open_batches_no_section(lake: Lake) -> None:
     stats = report.collect_run_stats(lake, "r1")
     assert stats.open_batches == []
     assert "Open batches" not in report.render_markdown(stats, [])
-    assert report.table_artifacts(stats)["open_batches"] == []
+    assert report.table_artifacts(stats)["open-batches"] == []
+
+
+def test_every_table_is_named_as_prefect_names_artifacts(lake: Lake) -> None:
+    # a key with an underscore made the nightly flow's report task fail
+    keys = report.table_artifacts(report.collect_run_stats(lake, "r1"))
+    assert all(re.fullmatch(r"[a-z0-9-]+", f"nightly-{key}") for key in keys), keys
