@@ -33,25 +33,26 @@ from tasks.offline_text import (
     NEGATIONS,
     NUMBER_WORDS,
     STOPWORDS,
+    YEAR,
     _stem,
+    is_negated,
     names,
     values,
     words,
 )
 
-_BREAK = re.compile(r"(?:,(?!\d{3}))|[;:()\u2013\u2014]|\s(?:but|while|whereas|although|"
-                    r"though|yet|so|and|because|which|who|where|after|before|until|when|since|"
-                    r"as)\s", re.I)
-_YEAR = re.compile(r"(?:18|19|20)\d\d")
+_PUNCTUATION = r"(?:,(?!\d{3}))|[;:()\u2013\u2014]"   # not the comma of "41,600"
+_BREAK = re.compile(_PUNCTUATION + r"|\s(?:but|while|whereas|although|though|yet|so|and|because|"
+                    r"which|who|where|after|before|until|when|since|as)\s", re.I)
 # a denial's parts: cut at punctuation and contrasts, not at "and" ("X and Y were not ...")
-_CONTRAST = re.compile(r"(?:,(?!\d{3}))|[;:()\u2013\u2014]|\s(?:but|while|whereas|although|"
-                       r"though|where)\s")
+_CONTRAST = re.compile(_PUNCTUATION + r"|\s(?:but|while|whereas|although|though|where)\s")
+
+
 @dataclass(frozen=True)
 class Assertion:
     kind: str                 # direction | state | place | scope | denial
-    value: str                # up / down / stable; group:+ / group:-; an ordinal; all / one /
-                              # none /
-                              # part; denied
+    value: str                # up / down / stable; group:+ / group:-; an ordinal;
+                              # all / one / none / part; denied
     subject: frozenset[str]   # stems naming what it is about
     target: frozenset[str] = frozenset()   # a comparison's: what it is compared with; a
                                            # state's: the figures of its clause
@@ -67,6 +68,13 @@ def _content(tokens: list[str]) -> list[str]:
             if t[0].isalpha() and t not in STOPWORDS and t not in lex.VAGUE and len(t) > 1
             and t not in NEGATIONS and t not in NUMBER_WORDS and not t.endswith("n't")
             and not (t.endswith("ly") and len(t) > 5)]
+
+
+def _negations(tokens: list[str]) -> list[int]:
+    """Where the tokens deny something ("not", "no", "n't"; not "without" or "failed", which
+    report an event)."""
+    return [k for k, t in enumerate(tokens)
+            if (t in NEGATIONS and t not in lex.NOT_DENIALS) or t.endswith("n't")]
 
 
 def _subject(tokens: list[str], k: int, span: int = 1) -> frozenset[str]:
@@ -91,7 +99,7 @@ def assertions(sentence: str, topic: frozenset[str] = frozenset()) -> list[Asser
     found: list[Assertion] = []
     sentence_tokens = words(sentence)
     named = _narrowing_names(sentence_tokens, sentence) - topic
-    frame = frozenset(t for t in sentence_tokens if _YEAR.fullmatch(t) or t in MONTHS)
+    frame = frozenset(t for t in sentence_tokens if YEAR.fullmatch(t) or t in MONTHS)
     expected = False  # an expectation carries into the clauses after it
     for clause in clauses(sentence):
         tokens = words(clause)
@@ -99,8 +107,8 @@ def assertions(sentence: str, topic: frozenset[str] = frozenset()) -> list[Asser
             continue
         expected = expected or _expected(tokens)
         common = dict(frame=frame, expected=expected, text=clause, named=named)
-        negated = [k for k, t in enumerate(tokens)
-                   if (t in NEGATIONS and t not in lex.NOT_DENIALS) or t.endswith("n't")]
+        negated = _negations(tokens)
+        figures: frozenset[str] | None = None   # read once, when a state needs them
         for k, token in enumerate(tokens):
             following = tokens[k + 1] if k + 1 < len(tokens) else ""
             state = _state(tokens, k)
@@ -111,8 +119,9 @@ def assertions(sentence: str, topic: frozenset[str] = frozenset()) -> list[Asser
                 subject = _subject(tokens, k, span)
                 if group in lex.BOTH_SIDES:
                     subject |= frozenset(_content(tokens[k + span:k + span + 6])[:4])
-                figures = frozenset(f"{v.number:g} {v.kind}" for v in values(clause)
-                                    if v.kind not in ("year", "month", "day"))
+                if figures is None:
+                    figures = frozenset(f"{v.number:g} {v.kind}" for v in values(clause)
+                                        if v.kind not in ("year", "month", "day"))
                 found.append(Assertion("state", f"{group}:{sign}", subject, figures,
                                        **common))
             if token in lex.PLACED and following in lex.ORDINALS:  # "finished fourth"
@@ -211,8 +220,7 @@ def _denials(sentence: str, frame: frozenset[str]) -> list[Assertion]:
     found = []
     for part in _CONTRAST.split(sentence):
         tokens = words(part)
-        negated = [k for k, t in enumerate(tokens)
-                   if (t in NEGATIONS and t not in lex.NOT_DENIALS) or t.endswith("n't")]
+        negated = _negations(tokens)
         if not negated or any(t in EPISTEMIC for t in tokens[negated[0]:negated[0] + 4]):
             continue
         before = frozenset(_content(tokens[:negated[0]]))
@@ -233,8 +241,9 @@ def _scopes(tokens: list[str], sentence_tokens: list[str], common: dict) -> list
         elif token in lex.UNIVERSAL and token != "each":
             count = None
             noun_at = k + 1
-            if noun_at < len(tokens) and values(tokens[noun_at]):  # "all 24 schools"
-                count = values(tokens[noun_at])[0].number
+            counted = values(tokens[noun_at]) if noun_at < len(tokens) else []
+            if counted:  # "all 24 schools"
+                count = counted[0].number
                 noun_at += 1
             value = "all"
         elif token in ("no", "none", "nothing", "nobody") and k + 1 < len(tokens):
@@ -316,10 +325,19 @@ def denial_against(denial: Assertion, sentence: str) -> tuple[float, str] | None
     for clause in clauses(sentence):
         tokens = words(clause)
         expected = expected or _expected(tokens)
-        if any(t in NEGATIONS or t.endswith("n't") for t in tokens) or \
-                expected != denial.expected:
+        if is_negated(clause) or expected != denial.expected:
             continue
         shared = denial.subject & set(_content(tokens))
         if len(shared) >= 2 and len(shared) / len(denial.subject) >= 0.5:
             best = max(best, 0.5 + 0.4 * len(shared) / len(denial.subject))
     return (best, "one denies what the other states") if best else None
+
+
+def sentence_conflict(first: list[Assertion], second: list[Assertion],
+                      texts: tuple[str, str]) -> tuple[float, str] | None:
+    """The strongest conflict between two sentences' assertions (``texts``: the sentences):
+    a pair of assertions, or a denial of one against what the other states."""
+    cues = [conflict(a, b) for a in first for b in second]
+    cues += [denial_against(d, texts[1]) for d in first if d.kind == "denial"]
+    cues += [denial_against(d, texts[0]) for d in second if d.kind == "denial"]
+    return max((c for c in cues if c), key=lambda c: c[0], default=None)

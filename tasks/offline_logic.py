@@ -31,12 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks import offline_lexicon as lex
-from tasks.offline_assertions import Assertion, assertions, conflict, denial_against
+from tasks.offline_assertions import assertions, sentence_conflict
 from tasks.offline_assertions import expects as _expects
 from tasks.offline_text import (
     EPISTEMIC,
     NEGATIONS,
     STOPWORDS,
+    YEAR,
     Value,
     _stem,
     content_words,
@@ -101,7 +102,7 @@ class Claim:
 def _time_frame(tokens: list[str]) -> frozenset[str]:
     """The years some words name: figures of different times ("61 million in 2019" / "below
     38 million by 2028") do not contradict."""
-    return frozenset(t for t in tokens if re.fullmatch(r"(?:18|19|20)\d\d", t))
+    return frozenset(t for t in tokens if YEAR.fullmatch(t))
 
 
 def _bound(tokens: list[str], start: int, span: int = 1) -> str:
@@ -316,25 +317,6 @@ def disagreement(first: list[Claim], second: list[Claim], windows: tuple[np.ndar
     return cue if cue and cue[0] > 0 else None
 
 
-def asserted_conflict(first: list[Assertion], second: list[Assertion], second_text: str,
-                      first_text: str) -> tuple[float, str] | None:
-    """The strongest conflict between two sentences' subject-bound assertions."""
-    best: tuple[float, str] | None = None
-    for a in first:
-        for b in second:
-            cue = conflict(a, b)
-            if cue and (best is None or cue[0] > best[0]):
-                best = cue
-    for denials, text in ((first, second_text), (second, first_text)):
-        for d in denials:
-            if d.kind != "denial":
-                continue
-            cue = denial_against(d, text)
-            if cue and (best is None or cue[0] > best[0]):
-                best = cue
-    return best
-
-
 def contradictions(said: list[str], read: list[list[Claim]], similarity: np.ndarray,
                    windows: list[np.ndarray], sentence_vectors: np.ndarray,
                    topic: frozenset[str] = frozenset(),
@@ -353,7 +335,7 @@ def contradictions(said: list[str], read: list[list[Claim]], similarity: np.ndar
                                (sentence_vectors[i], sentence_vectors[j]),
                                float(similarity[i, j]), bool(_CORRECTION.match(said[j])),
                                (said[i], said[j]))
-            plain = asserted_conflict(asserted[i], asserted[j], said[j], said[i])
+            plain = sentence_conflict(asserted[i], asserted[j], (said[i], said[j]))
             if plain and (cue is None or plain[0] > cue[0]):
                 cue = plain
             if cue and (best is None or cue[0] > best[0]):

@@ -208,5 +208,8 @@ def names(text: str) -> set[str]:
     return inner | (first & inner)
 
 
+YEAR = re.compile(r"(?:18|19|20)\d\d")   # a token naming a year, for telling times apart
+
+
 def is_negated(text: str) -> bool:
     return any(w in NEGATIONS or w.endswith("n't") for w in words(text))
