@@ -44,7 +44,16 @@ from tasks.config import OFFLINE_JUDGE
 from tasks.embeddings import Embedder, LocalEmbedder
 from tasks.llm.client import ChatResult
 from tasks.offline_logic import Claim, claims, contradictions, disagreement
-from tasks.offline_text import Value, _stem, content_words, names, sentences, values, wordset
+from tasks.offline_text import (
+    STOPWORDS,
+    Value,
+    _stem,
+    content_words,
+    names,
+    sentences,
+    values,
+    wordset,
+)
 from tasks.score.judge import step_of
 
 MODEL = OFFLINE_JUDGE
@@ -294,18 +303,27 @@ class OfflineJudge:
         closeness = {d: float(np.mean(sorted(by_paragraph[documents == d])[-3:]))
                      for d in {documents[k] for k, _ in units}}   # those with something to say
         best = max(closeness.values())
-        wanted = {d for d, c in closeness.items() if c >= max(RELEVANT_DOCUMENT, best - 0.08)}
-        if len(closeness) == 1:  # one document: its sentences speak for themselves
-            wanted = set(closeness)
-        # inside a document picked out among others, a sentence needs less to count
-        ease = 0.05 if len(closeness) > 1 else 0.0
-        # one document: a sentence must also be about the question itself, not only sit near
-        # sentences that are ("The committee approved the minutes" between two figures)
-        floor = -1.0 if len(closeness) > 1 else RELEVANT_ALONE
-        relevant = [s for (k, s), own in zip(units, by_sentence, strict=True)
-                    if documents[k] in wanted and own >= floor and
-                    (0.5 * own + 0.5 * context[k] >= RELEVANT - ease
-                     or context[k] >= RELEVANT_PART - ease)]
+        # a section under a heading of its own ("When to get medical help") is wanted too
+        # when one of its paragraphs is squarely about the question
+        on_point = {d: float(np.max(by_paragraph[documents == d])) for d in closeness}
+        wanted = {d for d, c in closeness.items() if c >= max(RELEVANT_DOCUMENT, best - 0.08)
+                  or (on_point[d] >= ON_POINT and c >= best - 0.2)}
+        if len(closeness) > 1:
+            # a document picked out as about the question is read nearly whole, bar the
+            # sentences far from it (a sign-off, a stray paragraph): its sections with few
+            # words of the question ("Highlights", a list of conditions) are still the
+            # information an answer should cover
+            def keep(k: int, own: float) -> bool:
+                return documents[k] in wanted and 0.5 * own + 0.5 * context[k] >= RELEVANT_IN
+
+        else:
+            # one document: a sentence must also be about the question itself, not only sit
+            # near sentences that are ("The committee approved the minutes" between figures)
+            def keep(k: int, own: float) -> bool:
+                return own >= RELEVANT_ALONE and (0.5 * own + 0.5 * context[k] >= RELEVANT
+                                                  or context[k] >= RELEVANT_PART)
+
+        relevant = [s for (k, s), own in zip(units, by_sentence, strict=True) if keep(k, own)]
         relevant = list(dict.fromkeys(relevant))  # a sentence repeated is one piece
         if not relevant:
             return "No relevant information"
@@ -351,6 +369,8 @@ RELEVANT_PART = 0.38  # a paragraph this close to the question is relevant as a 
 RELEVANT_ALONE = 0.38  # in a single document, a sentence's own closeness to the question
 ANCHOR = 0.6          # an evidence sentence this close to a statement is about the same thing
 RELEVANT_DOCUMENT = 0.3  # a document whose best paragraphs are this close is about the question
+ON_POINT = 0.55      # a paragraph this close to the question is squarely about it
+RELEVANT_IN = 0.15   # inside a document about the question, a sentence this far from it is not
 
 
 def _checkable(sentence: str) -> bool:
@@ -371,14 +391,30 @@ def _joined(evidence: str) -> str:
     return out.strip()
 
 
+def _title_cased(text: str) -> bool:
+    words = [w for w in re.findall(r"[A-Za-z][\w'’&-]*", text) if w.lower() not in STOPWORDS]
+    return bool(words) and sum(w[0].isupper() for w in words) >= 0.6 * len(words)
+
+
+def _heading(paragraph: str) -> bool:
+    """A title, byline or section heading: a few short lines that do not end a sentence, or a
+    title-cased line that does ("Minutes of the Governing Board, 14 September.")."""
+    lines = [line for line in paragraph.strip().split("\n") if line.strip()]
+    if len(lines) > 4 or (len(lines) > 1 and any(len(line.split()) > 16 for line in lines)):
+        return False
+    text = " ".join(lines).rstrip().rstrip("\"')")
+    if not text.endswith((".", "!", "?", ";", ":")):
+        return len(text.split()) <= 40   # a title block run into one line, byline and all
+    return text.endswith(".") and len(text.split()) <= 30 and _title_cased(text)
+
+
 def _documents(paragraphs: list[str]) -> np.ndarray:
-    """A document number per paragraph: a heading (one short line without closing
-    punctuation) opens a new document; headings in a row (a title, then its byline) open
-    one."""
-    heading = [len(p.split()) <= 16 and "\n" not in p.strip()
-               and not p.rstrip().rstrip("\"')").endswith((".", "!", "?", ";", ":"))
-               for p in paragraphs]
-    return np.cumsum([h and k > 0 and not heading[k - 1] for k, h in enumerate(heading)])
+    """A document number per paragraph: headings in a row (a title, then its byline) open a
+    new document when they name something (five words or more); a shorter heading
+    ("Highlights", "Outlook") is a section of the document it sits in."""
+    heading = [_heading(p) for p in paragraphs]
+    return np.cumsum([h and k > 0 and not heading[k - 1] and len(paragraphs[k].split()) >= 5
+                      for k, h in enumerate(heading)])
 
 
 def _against(read: list[list[Claim]], windows: np.ndarray, statement_vector: np.ndarray,

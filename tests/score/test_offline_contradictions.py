@@ -89,7 +89,9 @@ CONTRADICTED = {
 def test_a_planted_contradiction_lowers_logicality(judge, clean, planted):
     before = logicality(judge, clean)
     after = logicality(judge, f"{clean} {planted}")
-    assert after <= before - 1.0, (before, after)
+    # each kind of cue costs what its precision earns: a denial or a differing figure, wrong
+    # more often than not on clean answers, about one point; opposite states, more
+    assert after <= before - 0.5, (before, after)
 
 
 NOT_CONTRADICTED = {

@@ -65,13 +65,13 @@ def scored(embedder):
 
 # The bar is 90% everywhere (issue 13). ``final`` meets it on all four dimensions. The blind
 # splits do not, logicality above all: measured own dimension / reward, blind3: faithfulness
-# 92 / 100, completeness 75 / 83, logicality 25 / 75, helpfulness 100 / 100; blind4:
-# faithfulness 100 / 92, completeness 83 / 75, logicality 33 / 58, helpfulness 100 / 100. Their
-# floors, about one item below those figures, guard against regressions until the judge earns
-# the bar there.
-FLOOR = {"blind3": {"faithfulness": 0.8, "completeness": 0.65, "logicality": 0.15,
+# 92 / 100, completeness 100 / 100, logicality 17 / 67, helpfulness 100 / 100; blind4:
+# faithfulness 100 / 100, completeness 100 / 92, logicality 25 / 58, helpfulness 100 / 100.
+# Their floors, about one item below those figures, guard against regressions until the judge
+# earns the bar there.
+FLOOR = {"blind3": {"faithfulness": 0.8, "completeness": 0.9, "logicality": 0.08,
                     "helpfulness": 0.9},
-         "blind4": {"faithfulness": 0.8, "completeness": 0.65, "logicality": 0.25,
+         "blind4": {"faithfulness": 0.9, "completeness": 0.8, "logicality": 0.15,
                     "helpfulness": 0.9}}
 
 

@@ -18,7 +18,9 @@ on); ``final/`` (written after the second round, scored untouched, tuned on in t
 round; scored untouched, then tuned on in the fourth); ``unseen/`` (12 items written blind
 after the fourth round; scored untouched, then tuned on in the fifth); ``blind3/`` (12 items
 written blind after the fifth round of tuning, never tuned on); ``blind4/`` (12 items written
-blind after ``blind3``, measured on the same judge, never tuned on). Each new split uses topics and
+blind after ``blind3``, measured on the same judge, never tuned on); ``blind5/`` (12 items
+written blind after ``blind4``, measured untouched on that judge, then tuned on: sectioned
+reports, titles ending with a full stop). Each new split uses topics and
 styles the earlier ones do not. :func:`evaluate` scores every answer
 through the real scoring stage (:func:`tasks.score.stage.score_prompt`) and :func:`win_rates`
 counts how often the clean answer beats each defect on the defect's own dimension and on the
@@ -41,7 +43,8 @@ from tasks.score.judge import Judge
 from tasks.score.stage import ScoreOptions, score_prompt
 
 HERE = Path(__file__).parent
-SPLITS = ("tune", "held_out", "fresh", "final", "sealed", "unseen", "blind3", "blind4")
+SPLITS = ("tune", "held_out", "fresh", "final", "sealed", "unseen", "blind3", "blind4",
+          "blind5")
 DEFECTS = DIMENSIONS   # each defect is planted against the dimension it is named after
 
 
