@@ -44,7 +44,7 @@ from tasks.score.stage import ScoreOptions, score_prompt
 
 HERE = Path(__file__).parent
 SPLITS = ("tune", "held_out", "fresh", "final", "sealed", "unseen", "blind3", "blind4",
-          "blind5")
+          "blind5", "blind6")
 DEFECTS = DIMENSIONS   # each defect is planted against the dimension it is named after
 
 
