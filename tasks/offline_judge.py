@@ -52,6 +52,7 @@ from tasks.offline_text import (
     names,
     sentences,
     values,
+    words,
     wordset,
 )
 from tasks.score.judge import step_of
@@ -248,7 +249,13 @@ class OfflineJudge:
                    if len(words & said) >= need or near >= ANCHOR or near == closeness]
         # "three things", "two main reasons": the answer's own enumeration, not a fact
         figures = [v for v in values(statement) if v.kind.removeprefix("count:") not in _TALLY]
-        anchored = [v for v in figures if any(_has(values(s), v) for s in anchors)]
+        # a figure is borne out by a sentence about the same thing, or by one that names
+        # what it counts ("60 per cent more hoverflies": "Hoverflies were 60 per cent more")
+        tokens = words(statement)
+        anchored = [v for v in figures
+                    if any(_has(values(s), v) for s in anchors)
+                    or any(_has(values(s), v) for s, passage_words in passages
+                           if passage_words & _around(tokens, v.start))]
         derived = [v for v in figures if v not in anchored and _derived(v, anchored)]
         missing = [v.text for v in figures if v not in anchored and v not in derived]
         # a name must be written as a name there ("Kessler Lift" is not borne out by "lift")
@@ -352,9 +359,16 @@ class OfflineJudge:
                 parts = [(0.7, [_has(a_values, v) for v in figures]),
                          (0.3, [n in a_words for n in named])]
                 weight = sum(w for w, found in parts if found)
+                # a paraphrase keeps some of the words, rarely all
+                worded = _ramp(len(words & a_content) / max(len(words), 1), 0, 0.6)
                 stated = (sum(w * sum(found) / len(found) for w, found in parts if found) / weight
-                          # a paraphrase keeps some of the words, rarely all
-                          if weight else _ramp(len(words & a_content) / max(len(words), 1), 0, 0.6))
+                          if weight else worded)
+                # one that leaves out an incidental figure ("its 737 fleet") still covers part;
+                # one that gives other figures of the same kind is about another fact
+                other = {v.kind.split(":")[0] for v in a_values} & \
+                    {v.kind.split(":")[0] for v in figures}
+                if not other:
+                    stated = max(stated, PARAPHRASE * worded)
                 best = max(best, 0.4 * _ramp(float(near), 0.4, 0.8) + 0.6 * stated)
             marks.append(_ramp(best, 0.2, 0.8))
         score = 10 * sum(marks) / len(marks)
@@ -370,6 +384,7 @@ RELEVANT_ALONE = 0.38  # in a single document, a sentence's own closeness to the
 ANCHOR = 0.6          # an evidence sentence this close to a statement is about the same thing
 RELEVANT_DOCUMENT = 0.3  # a document whose best paragraphs are this close is about the question
 ON_POINT = 0.55      # a paragraph this close to the question is squarely about it
+PARAPHRASE = 0.6     # what a point's words alone, without its figures, cover of it
 RELEVANT_IN = 0.15   # inside a document about the question, a sentence this far from it is not
 
 
@@ -434,14 +449,23 @@ def _against(read: list[list[Claim]], windows: np.ndarray, statement_vector: np.
     return None
 
 
+def _around(tokens: list[str], start: int, span: int = 4) -> set[str]:
+    """The content words within ``span`` tokens of a figure ('per cent' takes two): what it
+    counts."""
+    return content_words(" ".join(tokens[max(0, start - span):start + span + 1]))
+
+
 def _derived(value: Value, anchored: list[Value]) -> bool:
-    """A figure that two anchored figures of the statement give: their difference or the
-    percentage change between them ("from 61 to 44 million, a cut of 28 per cent")."""
+    """A figure that two anchored figures of the statement give: their difference, of the
+    same kind as both ("from 61 to 44 million, 17 million fewer"), or the percentage change
+    between them ("a cut of 28 per cent"). A year and a duration give nothing."""
+    kind = value.kind.split(":")[0]
     for a in anchored:
         for b in anchored:
-            if a is b or not b.number:
+            if a is b or not b.number or a.kind.split(":")[0] != b.kind.split(":")[0]:
                 continue
-            if value.matches(abs(a.number - b.number)) or \
-                    value.matches(round(100 * abs(a.number - b.number) / b.number)):
+            change = abs(a.number - b.number)
+            if kind == a.kind.split(":")[0] and value.matches(change) or \
+                    kind == "percent" and value.matches(round(100 * change / b.number)):
                 return True
     return False
