@@ -20,7 +20,9 @@ after the fourth round; scored untouched, then tuned on in the fifth); ``blind3/
 written blind after the fifth round of tuning, never tuned on); ``blind4/`` (12 items written
 blind after ``blind3``, measured on the same judge, never tuned on); ``blind5/`` (12 items
 written blind after ``blind4``, measured untouched on that judge, then tuned on: sectioned
-reports, titles ending with a full stop). Each new split uses topics and
+reports, titles ending with a full stop); ``blind6/`` (12 items written blind after the
+changes ``blind5`` led to, measured untouched, then tuned on); ``blind7/`` (10 items written
+blind after that, never tuned on). Each new split uses topics and
 styles the earlier ones do not. :func:`evaluate` scores every answer
 through the real scoring stage (:func:`tasks.score.stage.score_prompt`) and :func:`win_rates`
 counts how often the clean answer beats each defect on the defect's own dimension and on the
@@ -44,7 +46,7 @@ from tasks.score.stage import ScoreOptions, score_prompt
 
 HERE = Path(__file__).parent
 SPLITS = ("tune", "held_out", "fresh", "final", "sealed", "unseen", "blind3", "blind4",
-          "blind5", "blind6")
+          "blind5", "blind6", "blind7")
 DEFECTS = DIMENSIONS   # each defect is planted against the dimension it is named after
 
 
