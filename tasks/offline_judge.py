@@ -252,10 +252,14 @@ class OfflineJudge:
         # a figure is borne out by a sentence about the same thing, or by one that names
         # what it counts ("60 per cent more hoverflies": "Hoverflies were 60 per cent more")
         tokens = words(statement)
-        anchored = [v for v in figures
-                    if any(_has(values(s), v) for s in anchors)
-                    or any(_has(values(s), v) for s, passage_words in passages
-                           if passage_words & _around(tokens, v.start))]
+        found = {s: values(s) for s, _ in passages}
+
+        def borne_out(v: Value) -> bool:
+            around = _around(tokens, v.start)
+            return any(_has(found[s], v) for s in anchors) or \
+                any(_has(found[s], v) for s, passage_words in passages if passage_words & around)
+
+        anchored = [v for v in figures if borne_out(v)]
         derived = [v for v in figures if v not in anchored and _derived(v, anchored)]
         missing = [v.text for v in figures if v not in anchored and v not in derived]
         # a name must be written as a name there ("Kessler Lift" is not borne out by "lift")
@@ -307,12 +311,13 @@ class OfflineJudge:
         # several documents under headings: only those about the question count, judged by
         # their best paragraphs, so a stray paragraph of another report does not
         documents = _documents(paragraphs)
-        closeness = {d: float(np.mean(sorted(by_paragraph[documents == d])[-3:]))
-                     for d in {documents[k] for k, _ in units}}   # those with something to say
+        of_document = {d: np.sort(by_paragraph[documents == d])   # those with something to say
+                       for d in {documents[k] for k, _ in units}}
+        closeness = {d: float(np.mean(c[-3:])) for d, c in of_document.items()}
         best = max(closeness.values())
         # a section under a heading of its own ("When to get medical help") is wanted too
         # when one of its paragraphs is squarely about the question
-        on_point = {d: float(np.max(by_paragraph[documents == d])) for d in closeness}
+        on_point = {d: float(c[-1]) for d, c in of_document.items()}
         wanted = {d for d, c in closeness.items() if c >= max(RELEVANT_DOCUMENT, best - 0.08)
                   or (on_point[d] >= ON_POINT and c >= best - 0.2)}
         if len(closeness) > 1:
@@ -349,13 +354,16 @@ class OfflineJudge:
         vectors = await self.embed([*points, *said])
         closeness = vectors[:len(points)] @ vectors[len(points):].T
         read = [(values(s), names(s) | content_words(s), content_words(s)) for s in said]
+        families = [{v.family for v in a_values} for a_values, _, _ in read]
         marks = []
         for point, row in zip(points, closeness, strict=True):
             figures, named, words = values(point), names(point), content_words(point)
+            counted = {v.family for v in figures}
             # the point is covered by the sentence that states most of its facts and is most
             # about it: its figures above all, its names for whose they are, else its words
             best = 0.0
-            for (a_values, a_words, a_content), near in zip(read, row, strict=True):
+            for (a_values, a_words, a_content), a_families, near in zip(read, families, row,
+                                                                        strict=True):
                 parts = [(0.7, [_has(a_values, v) for v in figures]),
                          (0.3, [n in a_words for n in named])]
                 weight = sum(w for w, found in parts if found)
@@ -365,9 +373,7 @@ class OfflineJudge:
                           if weight else worded)
                 # one that leaves out an incidental figure ("its 737 fleet") still covers part;
                 # one that gives other figures of the same kind is about another fact
-                other = {v.kind.split(":")[0] for v in a_values} & \
-                    {v.kind.split(":")[0] for v in figures}
-                if not other:
+                if not a_families & counted:
                     stated = max(stated, PARAPHRASE * worded)
                 best = max(best, 0.4 * _ramp(float(near), 0.4, 0.8) + 0.6 * stated)
             marks.append(_ramp(best, 0.2, 0.8))
@@ -407,8 +413,8 @@ def _joined(evidence: str) -> str:
 
 
 def _title_cased(text: str) -> bool:
-    words = [w for w in re.findall(r"[A-Za-z][\w'’&-]*", text) if w.lower() not in STOPWORDS]
-    return bool(words) and sum(w[0].isupper() for w in words) >= 0.6 * len(words)
+    content = [w for w in re.findall(r"[A-Za-z][\w'’&-]*", text) if w.lower() not in STOPWORDS]
+    return bool(content) and sum(w[0].isupper() for w in content) >= 0.6 * len(content)
 
 
 def _heading(paragraph: str) -> bool:
@@ -459,13 +465,12 @@ def _derived(value: Value, anchored: list[Value]) -> bool:
     """A figure that two anchored figures of the statement give: their difference, of the
     same kind as both ("from 61 to 44 million, 17 million fewer"), or the percentage change
     between them ("a cut of 28 per cent"). A year and a duration give nothing."""
-    kind = value.kind.split(":")[0]
     for a in anchored:
         for b in anchored:
-            if a is b or not b.number or a.kind.split(":")[0] != b.kind.split(":")[0]:
+            if a is b or not b.number or a.family != b.family:
                 continue
             change = abs(a.number - b.number)
-            if kind == a.kind.split(":")[0] and value.matches(change) or \
-                    kind == "percent" and value.matches(round(100 * change / b.number)):
+            if value.family == a.family and value.matches(change) or \
+                    value.family == "percent" and value.matches(round(100 * change / b.number)):
                 return True
     return False

@@ -109,6 +109,11 @@ class Value:
     raw: float      # the number as written, unscaled
     text: str       # the tokens it was read from
 
+    @property
+    def family(self) -> str:
+        """Its kind without what it counts: "count" for "count:bus"."""
+        return self.kind.split(":")[0]
+
     def matches(self, other: float) -> bool:
         """Equal, or ``self`` is ``other`` rounded ("about 9 million" for 9.2 million)."""
         if other == self.number:

@@ -4,14 +4,13 @@ stands, even a title that ends with a full stop."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tasks.embeddings import LocalEmbedder
 from tasks.offline_judge import OfflineJudge
 from tasks.score.judge import delimit
 from tasks.score.protocol import parse_extraction
+from tests.score.offline_eval import chat
 
 
 def paragraphs(*texts: str) -> str:
@@ -66,10 +65,9 @@ def judge() -> OfflineJudge:
 
 
 def key_points(judge: OfflineJudge, context: str) -> list[str]:
-    system = "# Extracting information relevant to a question\n\nList what the chunk says."
-    user = delimit("query", QUERY) + "\n" + delimit("chunk", context, 'position="part 1 of 1"')
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return parse_extraction(asyncio.run(judge.chat(messages)).text)
+    return parse_extraction(chat(judge, "Extracting information relevant to a question",
+                                 delimit("query", QUERY),
+                                 delimit("chunk", context, 'position="part 1 of 1"')))
 
 
 def test_a_report_under_section_headings_is_read_whole(judge):

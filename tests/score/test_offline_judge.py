@@ -24,7 +24,7 @@ from tasks.score.judge import JudgeOptions, delimit
 from tasks.score.logicality import score_logicality
 from tasks.score.protocol import parse_extraction, parse_score, parse_statements, parse_support
 from tasks.tokens import load_tokenizer
-from tests.score.offline_eval import DEFECTS, evaluate, load_items, win_rates
+from tests.score.offline_eval import DEFECTS, chat, evaluate, load_items, win_rates
 
 PROMPT = make_prompt(0, target_words=2500)
 CLEAN = "According to the document: " + " ".join(PROMPT.facts)
@@ -154,14 +154,6 @@ def test_functional_sentences_are_not_statements_and_empty_answers_are_defined(s
                                           "Here are the reasons: I hope this helps.",
                                           JudgeOptions(no_statements="full")))
     assert (full.score, full.status) == (10.0, "no_statements")
-
-
-def chat(judge: OfflineJudge, title: str, *sections: str) -> str:
-    """A prompt whose body is not ours: only the title line and the sections count."""
-    system = f"# {title}\n\nWhatever instructions the prompt files hold this week."
-    messages = [{"role": "system", "content": system},
-                {"role": "user", "content": "Some preamble.\n" + "\n".join(sections)}]
-    return asyncio.run(judge.chat(messages)).text
 
 
 def test_it_reads_only_the_title_line_and_the_delimited_sections(setup):

@@ -152,3 +152,12 @@ def win_rates(scored: list[Scored]) -> dict[str, tuple[float, float]]:
         reward = [s.reward("clean") > s.reward(defect) for s in scored]
         rates[defect] = (sum(own) / len(own), sum(reward) / len(reward))
     return rates
+
+
+def chat(judge: Judge, title: str, *sections: str) -> str:
+    """One task for the judge, by a prompt whose body is not ours: only the title line and the
+    delimited sections count."""
+    system = f"# {title}\n\nWhatever instructions the prompt files hold this week."
+    messages = [{"role": "system", "content": system},
+                {"role": "user", "content": "Some preamble.\n" + "\n".join(sections)}]
+    return asyncio.run(judge.chat(messages)).text
